@@ -1,0 +1,432 @@
+"""Diverse feature visualisation (Cadena et al., ECCV 2018) and the single-image MEI.
+
+``diverse`` optimises ``N`` images of the unit's receptive-field size, each with the same L2 contrast,
+to maximise
+
+    L = mean_i p(x_i) + lambda * D({phi(x_i)})
+
+where ``p`` is the target (a unit, or a direction with metric max/cos/mse) read at the unit whose
+receptive field is exactly the image, and ``D`` is the diversity (by default the smallest pairwise RMS
+distance) in pixel space or in the feature space ``phi`` of a lower layer (post-ReLU, restricted to the
+positions that lie over the image). See ``method.md`` A.2-A.9 for the reference hyperparameters.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DiversevisError
+from .network import Network, as_network
+from .objectives import DIVERSITIES, Target, diversity_value, pairwise_rms_matrix, target_value
+from .optimize import StepInfo, optimize
+from .params import PixelImage
+from .receptive import Placement, positions_inside
+from .result import Result
+
+__all__ = ["diverse", "mei", "Problem"]
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a result."""
+    from . import __version__
+
+    return {
+        "diversevis": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+@dataclass
+class Problem:
+    """Everything fixed for one target: geometry, contrast, the read-out and the distance space.
+
+    Build it with :meth:`Problem.build`; :meth:`evaluate` maps images to target values and features.
+    """
+
+    net: Network
+    target: Target
+    direction: torch.Tensor
+    placement: Placement
+    norm: float
+    distance_layer: str | None
+    distance_slice: tuple[slice, slice] | None
+
+    @classmethod
+    def build(
+        cls,
+        net: Network,
+        layer: str,
+        unit: int | None,
+        direction: Sequence[float] | torch.Tensor | None,
+        metric: str,
+        *,
+        contrast: float,
+        norm: float | None,
+        distance_layer: str | None,
+        images_folder: str | Path | None,
+    ) -> Problem:
+        """Validate the request and work out the geometry (raises :class:`DiversevisError` on bad input)."""
+        net.resolve(layer)
+        if distance_layer in ("", "pixel", "pixels", "none"):
+            distance_layer = None
+        if distance_layer is not None:
+            net.resolve(distance_layer)
+        channels = net.channels(layer)
+        target = Target(layer, unit, direction, metric).check(channels)
+        placement = net.placement(layer)
+        size = placement.image_size
+        if norm is None:
+            if not contrast > 0:
+                raise DiversevisError(f"contrast must be > 0 (a fraction of the natural-patch norm), got {contrast}")
+            if net.in_channels != 3:
+                raise DiversevisError(
+                    "natural-image contrast needs an RGB network; give an absolute norm= for "
+                    f"{net.in_channels}-channel inputs"
+                )
+            from .naturals import natural_patch_norm
+
+            norm = contrast * natural_patch_norm(size, folder=images_folder)
+        elif not norm > 0:
+            raise DiversevisError(f"norm must be > 0, got {norm}")
+        dslice = None
+        if distance_layer is not None:
+            shape = net.output_shape(distance_layer, placement.canvas_size)
+            if len(shape) != 3:
+                raise DiversevisError(
+                    f"distance layer {distance_layer!r} has no spatial output for a "
+                    f"{placement.canvas_size}px input; choose a lower layer"
+                )
+            rf_d = net.receptive_field(distance_layer)
+            lo, hi = placement.offset, placement.offset + size
+            dslice = (positions_inside(rf_d, lo, hi, shape[1]), positions_inside(rf_d, lo, hi, shape[2]))
+        d = target.vector(channels, device=net.device)
+        return cls(net, target, d, placement, float(norm), distance_layer, dslice)
+
+    def canvas(self, images: torch.Tensor) -> torch.Tensor:
+        """Place RF-sized images in a mean-grey canvas (identity for VALID networks)."""
+        p = self.placement
+        if p.canvas_size == p.image_size:
+            return images
+        a = p.offset
+        b = p.canvas_size - p.image_size - a
+        return F.pad(images, (a, b, a, b), value=0.5)
+
+    def evaluate(self, images: torch.Tensor, need_features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Target values ``(N,)`` and distance-space features ``(N, K, h, w)`` (or ``None``)."""
+        layers = [self.target.layer]
+        if need_features and self.distance_layer is not None:
+            layers.append(self.distance_layer)
+        acts = self.net.activations(self.canvas(images), layers)
+        i = self.placement.unit_index
+        a = acts[self.target.layer][:, :, i, i]
+        p = target_value(a, self.direction, self.target.metric)
+        feats = None
+        if need_features:
+            if self.distance_layer is None:
+                feats = images - 0.5
+            else:
+                rs, cs = self.distance_slice
+                feats = torch.relu(acts[self.distance_layer][:, :, rs, cs])
+        return p, feats
+
+    def spec(self) -> dict[str, Any]:
+        """The geometry and target part of a run spec."""
+        p = self.placement
+        t = self.target
+        return {
+            "model": self.net.name,
+            "layer": self.net.display_name(t.layer),
+            "layer_path": self.net.resolve(t.layer),
+            "unit": t.unit,
+            "direction": None if t.direction is None else [float(v) for v in torch.as_tensor(t.direction)],
+            "metric": t.metric,
+            "norm": self.norm,
+            "image_size": p.image_size,
+            "canvas_size": p.canvas_size,
+            "offset": p.offset,
+            "unit_index": p.unit_index,
+            "rf_misalignment": p.misalignment,
+            "distance_layer": None if self.distance_layer is None else self.net.display_name(self.distance_layer),
+        }
+
+
+def _prepare(model, device) -> Network:
+    net = as_network(model)
+    if device is not None:
+        net.to(device)
+    return net
+
+
+def _common_spec(**kw) -> dict[str, Any]:
+    return {
+        **kw,
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def mei(
+    model: Network | nn.Module | str,
+    layer: str,
+    unit: int | None = None,
+    *,
+    direction: Sequence[float] | torch.Tensor | None = None,
+    metric: str = "max",
+    restarts: int = 4,
+    contrast: float = 0.5,
+    norm: float | None = None,
+    precondition: bool = True,
+    lr: float = 1.0,
+    max_iter: int = 1000,
+    patience: int = 100,
+    ema: float = 0.9,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    images: str | Path | None = None,
+    progress: bool = False,
+    callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
+) -> Result:
+    """Most exciting input: the best single image over ``restarts`` independent starts.
+
+    The restarts are optimised together as one batch (their losses are independent), and the image with
+    the highest final activation is returned. Parameters are those of :func:`diverse`.
+
+    Returns
+    -------
+    Result
+        One image; ``mei_activation`` is its activation and ``extra["restart_activations"]`` lists all.
+    """
+    if restarts < 1:
+        raise DiversevisError(f"restarts must be >= 1, got {restarts}")
+    net = _prepare(model, device)
+    prob = Problem.build(
+        net, layer, unit, direction, metric, contrast=contrast, norm=norm, distance_layer=None, images_folder=images
+    )
+    gen = torch.Generator().manual_seed(seed)
+    size = prob.placement.image_size
+    param = PixelImage(restarts, net.in_channels, size, prob.norm, precondition=precondition, generator=gen,
+                       device=net.device)
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        return -prob.evaluate(x, need_features=False)[0].mean()
+
+    opt = optimize(param, loss_fn, lr=lr, max_iter=max_iter, patience=patience, ema=ema, progress=progress,
+                   desc=f"MEI {net.display_name(layer)}:{unit}", callbacks=callbacks)
+    with torch.no_grad():
+        acts = prob.evaluate(opt.images, need_features=False)[0]
+    best = int(acts.argmax())
+    spec = _common_spec(
+        method="mei",
+        **prob.spec(),
+        contrast=contrast if norm is None else None,
+        restarts=restarts,
+        precondition=precondition,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        seed=seed,
+        device=str(net.device),
+        dtype="float32",
+        natural_images=str(images) if images else "bundled",
+        n_iter=opt.n_iter,
+        best_step=opt.best_step,
+        stopped_early=opt.stopped_early,
+        seconds=round(opt.seconds, 3),
+    )
+    img = opt.images[best : best + 1].detach().cpu()
+    return Result(
+        images=img,
+        activations=acts[best : best + 1].detach().cpu(),
+        distances=torch.zeros(1, 1),
+        loss_history=opt.history,
+        spec=spec,
+        mei_activation=float(acts[best]),
+        mei_image=img[0],
+        extra={"restart_activations": [float(a) for a in acts]},
+    )
+
+
+_mei = mei  # diverse() has a parameter called ``mei``
+
+
+def diverse(
+    model: Network | nn.Module | str,
+    layer: str,
+    unit: int | None = None,
+    *,
+    direction: Sequence[float] | torch.Tensor | None = None,
+    metric: str = "max",
+    n_images: int = 6,
+    diversity: float = 0.01,
+    distance_layer: str | None = None,
+    distance: str = "min",
+    tau: float = 0.1,
+    contrast: float = 0.5,
+    norm: float | None = None,
+    precondition: bool = True,
+    lr: float = 1.0,
+    max_iter: int = 1000,
+    patience: int = 100,
+    ema: float = 0.9,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    mei: bool | float | Result = True,
+    mei_restarts: int = 4,
+    images: str | Path | None = None,
+    progress: bool = False,
+    callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
+) -> Result:
+    """Diverse feature visualisation of one unit (or direction).
+
+    Parameters
+    ----------
+    model : Network, nn.Module or str
+        The network (a zoo name such as ``"vgg16-paper"`` is loaded).
+    layer : str
+        Target layer (alias such as ``"conv3_1"`` or dot path such as ``"features.10"``); its output is
+        read before any following ReLU.
+    unit : int, optional
+        Channel index of the target unit.
+    direction : sequence of float, optional
+        Target direction in channel space instead of a unit.
+    metric : {"max", "cos", "mse"}
+        Target metric.
+    n_images : int
+        Number of images ``N`` (>= 2).
+    diversity : float
+        Weight ``lambda`` of the diversity term (0.01 in the reference notebook).
+    distance_layer : str, optional
+        Layer whose (rectified) feature map measures distances; ``None`` = pixel space.
+    distance : {"min", "softmin", "gram"}
+        Diversity term: min pairwise RMS distance (the paper), its soft minimum with temperature ``tau``,
+        or Lucid's Gram-cosine diversity (for comparison).
+    contrast : float
+        Image L2 norm as a fraction of the mean norm of natural patches of the same size (paper: 0.5).
+    norm : float, optional
+        Absolute L2 norm (display units) overriding ``contrast``.
+    precondition : bool
+        Use the 1/sqrt(f) gradient preconditioner.
+    lr, max_iter, patience, ema : float, int, int, float
+        Adam learning rate and early-stopping settings (reference: 1.0, 1000, 100, 0.9).
+    seed : int
+        Seed of the initial images; the same seed gives the same result on CPU.
+    device : str, optional
+        Move the network there (default: where the network already is).
+    mei : bool, float or Result
+        ``True``: also compute the MEI (``mei_restarts`` starts) to report ratios; a float or a
+        :class:`Result` supplies the MEI activation; ``False`` skips it.
+    images : str or Path, optional
+        Folder of natural images for the contrast statistics (default: the bundled photos).
+    progress : bool
+        Show progress bars.
+    callbacks : iterable of callables
+        Called with a :class:`~diversevis.optimize.StepInfo` during the optimisation; ``True`` stops.
+
+    Returns
+    -------
+    Result
+        ``images`` ``(N, C, rf, rf)``, ``activations`` ``(N,)``, ``ratios``, ``distances``,
+        ``min_distance``, ``loss_history`` and the run ``spec``.
+    """
+    if not isinstance(n_images, int) or n_images < 2:
+        raise DiversevisError(f"n_images must be an int >= 2 for a diverse set, got {n_images!r}")
+    if distance not in DIVERSITIES:
+        raise DiversevisError(f"unknown distance {distance!r}; choose one of {', '.join(DIVERSITIES)}")
+    if diversity < 0:
+        raise DiversevisError(f"diversity (lambda) must be >= 0, got {diversity}")
+    net = _prepare(model, device)
+    prob = Problem.build(
+        net,
+        layer,
+        unit,
+        direction,
+        metric,
+        contrast=contrast,
+        norm=norm,
+        distance_layer=distance_layer,
+        images_folder=images,
+    )
+    if distance == "gram" and prob.distance_layer is None:
+        raise DiversevisError("gram diversity needs a distance_layer (a feature map), not pixel space")
+
+    mei_res: Result | None = None
+    mei_act: float | None = None
+    if isinstance(mei, Result):
+        mei_res, mei_act = mei, mei.mei_activation
+    elif mei is True:
+        mei_res = _mei(
+            net, layer, unit, direction=direction, metric=metric, restarts=mei_restarts, contrast=contrast,
+            norm=prob.norm, precondition=precondition, lr=lr, max_iter=max_iter, patience=patience, ema=ema,
+            seed=seed, images=images, progress=progress,
+        )
+        mei_act = mei_res.mei_activation
+    elif mei is not False and mei is not None:
+        mei_act = float(mei)
+
+    gen = torch.Generator().manual_seed(seed)
+    size = prob.placement.image_size
+    param = PixelImage(n_images, net.in_channels, size, prob.norm, precondition=precondition, generator=gen,
+                       device=net.device)
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        p, f = prob.evaluate(x, need_features=diversity > 0)
+        loss = -p.mean()
+        if diversity > 0:
+            loss = loss - diversity * diversity_value(f, distance, tau)
+        return loss
+
+    label = f"diverse {net.display_name(layer)}:{unit if unit is not None else 'dir'}"
+    opt = optimize(param, loss_fn, lr=lr, max_iter=max_iter, patience=patience, ema=ema, progress=progress,
+                   desc=label, callbacks=callbacks)
+    with torch.no_grad():
+        acts, feats = prob.evaluate(opt.images)
+        dist = pairwise_rms_matrix(feats.flatten(1))
+    spec = _common_spec(
+        method="diverse",
+        **prob.spec(),
+        n_images=n_images,
+        diversity=diversity,
+        distance=distance,
+        tau=tau if distance == "softmin" else None,
+        contrast=contrast if norm is None else None,
+        precondition=precondition,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        seed=seed,
+        device=str(net.device),
+        dtype="float32",
+        mei_restarts=mei_restarts if mei is True else None,
+        natural_images=str(images) if images else "bundled",
+        n_iter=opt.n_iter,
+        best_step=opt.best_step,
+        stopped_early=opt.stopped_early,
+        seconds=round(opt.seconds, 3),
+        mei_seconds=None if mei_res is None else mei_res.spec.get("seconds"),
+        mei_n_iter=None if mei_res is None else mei_res.spec.get("n_iter"),
+    )
+    return Result(
+        images=opt.images.detach().cpu(),
+        activations=acts.detach().cpu(),
+        distances=dist.cpu(),
+        loss_history=opt.history,
+        spec=spec,
+        mei_activation=mei_act,
+        mei_image=None if mei_res is None else mei_res.mei_image,
+    )
