@@ -1,3 +1,34 @@
-"""diversevis: diverse feature visualization and invariance analysis for PyTorch CNNs."""
+"""diversevis: diverse feature visualization and invariance analysis for PyTorch CNNs.
+
+>>> import diversevis as dv
+>>> net = dv.load_model("vgg16-paper")
+>>> res = dv.diverse(net, "conv3_1", unit=21, n_images=6, diversity=0.01, distance_layer="conv2_2", seed=0)
+>>> res.save("runs/conv3_1_u21")
+"""
 
 __version__ = "0.1.0"
+
+from .dfv import diverse, mei
+from .errors import DiversevisError, LayerNotFoundError, ModelNotFoundError
+from .network import LayerInfo, Network, as_network
+from .objectives import Target
+from .receptive import ReceptiveField
+from .result import Result
+from .zoo import list_models, load_model
+
+__all__ = [
+    "__version__",
+    "Network",
+    "LayerInfo",
+    "ReceptiveField",
+    "Target",
+    "Result",
+    "load_model",
+    "list_models",
+    "as_network",
+    "diverse",
+    "mei",
+    "DiversevisError",
+    "LayerNotFoundError",
+    "ModelNotFoundError",
+]

@@ -1,0 +1,250 @@
+"""The ``diversevis`` command.
+
+Subcommands: ``models``, ``layers``, ``diverse``, ``mei``. User errors (unknown model or layer, unit out of
+range, bad values) print one line ``diversevis: error: ...`` and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import DiversevisError
+
+EXIT_USAGE = 2
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
+    return v
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True,
+                   help="model spec: vgg16, vgg16-paper, cell:complex, file:PATH, torchvision:NAME[@PATH] "
+                        "(see `diversevis models`)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow file: models that are pickled Python objects (runs code from the file; "
+                        "only for files you trust)")
+    p.add_argument("--naturals", metavar="DIR", default=None,
+                   help="folder of natural images for contrast statistics (default: bundled photos)")
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer", "-l", required=True, help="layer alias (conv3_1) or dot path (features.10)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--unit", "-u", type=_nonneg_int, help="channel index of the unit")
+    g.add_argument("--direction", metavar="FILE|v1,v2,...",
+                   help="target direction in channel space: a .npy file or comma-separated values")
+    p.add_argument("--metric", choices=["max", "cos", "mse"], default="max", help="target metric (default: max)")
+
+
+def _add_optim_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--contrast", type=_positive_float, default=0.5,
+                   help="image L2 norm as a fraction of the mean natural-patch norm (default: 0.5, as the paper)")
+    p.add_argument("--norm", type=_positive_float, default=None, help="absolute image L2 norm (overrides --contrast)")
+    p.add_argument("--lr", type=_positive_float, default=1.0, help="Adam learning rate (default: 1.0)")
+    p.add_argument("--max-iter", type=_positive_int, default=1000, help="maximum iterations (default: 1000)")
+    p.add_argument("--patience", type=_nonneg_int, default=100,
+                   help="early stopping: iterations without EMA-loss improvement (default: 100; 0 disables)")
+    p.add_argument("--no-precondition", action="store_true", help="disable the 1/sqrt(f) gradient preconditioner")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--out", "-o", default=None, help="output directory (default: runs/<model>_<layer>_u<unit>)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``diversevis`` command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="diversevis",
+        description="Diverse feature visualization (Cadena et al. 2018): the set of images that strongly "
+        "drive one CNN unit, and what the unit is invariant to.",
+        epilog="Example: diversevis diverse --model vgg16-paper --layer conv3_1 --unit 21 --images 6 "
+        "--diversity 0.01 --distance-layer conv2_2 --out runs/u21",
+    )
+    parser.add_argument("--version", action="version", version=f"diversevis {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    sub.add_parser("models", help="list the model specs that load offline")
+
+    p = sub.add_parser("layers", help="list a model's layers with output shapes and receptive fields")
+    _add_model_args(p)
+    p.add_argument("--size", type=_positive_int, default=None, help="input side for the shapes (default: 224)")
+
+    p = sub.add_parser("diverse", help="diverse feature visualization of one unit (PNG grid + JSON)",
+                       description="Optimise N images of the unit's receptive-field size that all drive the unit "
+                       "strongly while being as different as possible (min pairwise RMS distance).")
+    _add_model_args(p)
+    _add_target_args(p)
+    p.add_argument("--images", "-n", type=_positive_int, default=6, help="number of images N (default: 6)")
+    p.add_argument("--diversity", type=_nonneg_float, default=0.01,
+                   help="weight lambda of the diversity term (default: 0.01)")
+    p.add_argument("--distance-layer", default=None,
+                   help="layer whose features measure distances (default: pixel space)")
+    p.add_argument("--distance", choices=["min", "softmin", "gram"], default="min",
+                   help="diversity term: min pairwise RMS distance (paper), softmin, or Lucid's gram (default: min)")
+    p.add_argument("--tau", type=_positive_float, default=0.1, help="softmin temperature (default: 0.1)")
+    p.add_argument("--mei-restarts", type=_positive_int, default=4,
+                   help="restarts of the MEI used for the activation ratios (default: 4)")
+    p.add_argument("--no-mei", action="store_true", help="skip the MEI (no ratios)")
+    _add_optim_args(p)
+
+    p = sub.add_parser("mei", help="most exciting input: best single image over restarts (PNG + JSON)")
+    _add_model_args(p)
+    _add_target_args(p)
+    p.add_argument("--restarts", type=_positive_int, default=4, help="independent starts (default: 4)")
+    _add_optim_args(p)
+    return parser
+
+
+def _direction(arg: str | None):
+    if arg is None:
+        return None
+    import numpy as np
+
+    if arg.endswith(".npy"):
+        path = Path(arg)
+        if not path.is_file():
+            raise DiversevisError(f"direction file {arg!r} does not exist")
+        return np.load(path).astype("float32").ravel().tolist()
+    try:
+        return [float(v) for v in arg.split(",")]
+    except ValueError:
+        raise DiversevisError(f"--direction must be a .npy file or comma-separated numbers, got {arg!r}") from None
+
+
+def _out_dir(args, net) -> Path:
+    if args.out:
+        return Path(args.out)
+    unit = f"u{args.unit}" if args.unit is not None else "dir"
+    name = net.name.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{name}_{net.display_name(args.layer)}_{unit}_{args.command}"
+
+
+def _cmd_models(args) -> int:
+    from .zoo import list_models
+
+    for spec, desc in list_models().items():
+        print(f"{spec:26s} {desc}")
+    return 0
+
+
+def _cmd_layers(args) -> int:
+    from .zoo import load_model
+
+    net = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle, images=args.naturals)
+    rows = net.list_layers(args.size)
+    print(f"{'layer':22s} {'alias':10s} {'type':14s} {'output (C,H,W)':18s} {'RF':>5s} {'stride':>6s}")
+    for r in rows:
+        shape = "x".join(str(s) for s in r.shape) if r.shape else "-"
+        print(f"{r.name:22s} {r.alias or '':10s} {r.type:14s} {shape:18s} "
+              f"{r.rf if r.rf is not None else '-':>5} {r.stride if r.stride is not None else '-':>6}")
+    if any(r.rf is None for r in rows):
+        print("(RF '-': not a conv/pool chain here; diversevis measures it with a gradient probe when needed)")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from . import dfv
+    from .zoo import load_model
+
+    net = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle, images=args.naturals)
+    common = dict(
+        direction=_direction(args.direction),
+        metric=args.metric,
+        contrast=args.contrast,
+        norm=args.norm,
+        precondition=not args.no_precondition,
+        lr=args.lr,
+        max_iter=args.max_iter,
+        patience=args.patience,
+        seed=args.seed,
+        images=args.naturals,
+        progress=not args.quiet,
+    )
+    if args.command == "diverse":
+        if args.images < 2:
+            raise DiversevisError("--images must be >= 2 for a diverse set (use `diversevis mei` for one image)")
+        res = dfv.diverse(
+            net, args.layer, args.unit, n_images=args.images, diversity=args.diversity,
+            distance_layer=args.distance_layer, distance=args.distance, tau=args.tau,
+            mei=not args.no_mei, mei_restarts=args.mei_restarts, **common,
+        )
+    else:
+        res = dfv.mei(net, args.layer, args.unit, restarts=args.restarts, **common)
+    out = res.save(_out_dir(args, net))
+    m = res.metrics()
+    spec = res.spec
+    print(f"{spec['model']} {spec['layer']} unit {spec['unit']}: {len(res.activations)} image(s) of "
+          f"{spec['image_size']}px, {spec['n_iter']} iterations in {spec['seconds']:.1f}s"
+          + (f" (+ MEI {spec['mei_seconds']:.1f}s)" if spec.get("mei_seconds") else ""))
+    acts = ", ".join(f"{a:.3g}" for a in m["activations"])
+    print(f"  activations: {acts}  (MEI {m['mei_activation']:.4g})" if m["mei_activation"] is not None
+          else f"  activations: {acts}")
+    if m["ratios"] is not None and args.command == "diverse":
+        print(f"  ratio to MEI: min {m['min_ratio']:.3f}, mean {m['mean_ratio']:.3f}")
+    if m["min_distance"] is not None:
+        where = spec.get("distance_layer") or "pixels"
+        print(f"  min pairwise RMS distance ({where}): {m['min_distance']:.4g}, mean {m['mean_distance']:.4g}")
+    print(f"  wrote {out / 'grid.png'}, {out / 'images.npz'}, {out / 'result.json'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``diversevis`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"models": _cmd_models, "layers": _cmd_layers, "diverse": _cmd_run, "mei": _cmd_run}
+    try:
+        return handlers[args.command](args)
+    except DiversevisError as e:
+        print(f"diversevis: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("diversevis: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
