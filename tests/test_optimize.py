@@ -1,0 +1,79 @@
+"""The shared optimisation loop: EMA early stopping, best iterate, callbacks, limits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diversevis.optimize import optimize
+
+
+class Scalar(nn.Module):
+    """A single number as a 'parametrisation' (shape (1, 1, 1, 1))."""
+
+    def __init__(self, v: float = 0.0) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.full((1, 1, 1, 1), v))
+
+    def forward(self) -> torch.Tensor:
+        return self.x
+
+
+def test_constant_loss_stops_after_patience_plus_one_non_improving_steps():
+    # ema_0 = L_0 is the minimum; every later step fails to improve; stop when bad > patience
+    res = optimize(Scalar(), lambda x: 0 * x.sum() + 1.0, max_iter=1000, patience=5)
+    assert res.n_iter == 5 + 2
+    assert res.stopped_early
+    assert len(res.history) == res.n_iter
+
+
+def test_ema_follows_the_reference_recursion():
+    seen = []
+    losses = [4.0, 2.0, 3.0, 1.0]
+    step = {"i": 0}
+
+    def loss_fn(x):
+        v = losses[step["i"]]
+        step["i"] += 1
+        return 0 * x.sum() + v
+
+    optimize(Scalar(), loss_fn, max_iter=4, patience=0, callbacks=[lambda s: seen.append(s.ema)])
+    ema = [4.0]
+    for v in losses[1:]:
+        ema.append(0.9 * ema[-1] + 0.1 * v)
+    assert torch.allclose(torch.tensor(seen), torch.tensor(ema))
+
+
+def test_returns_the_best_iterate_not_the_last():
+    # Adam with a constant gradient moves x by exactly lr per step: x_t = -t.
+    # The loss is x for 5 steps (decreasing to -4), then -x (positive): the best is step 4, x = -4.
+    step = {"i": 0}
+
+    def loss_fn(x):
+        sign = 1.0 if step["i"] < 5 else -1.0
+        step["i"] += 1
+        return sign * x.sum()
+
+    res = optimize(Scalar(), loss_fn, lr=1.0, max_iter=20, patience=0)
+    assert res.best_step == 4
+    assert abs(res.best_loss + 4.0) < 1e-4
+    assert abs(float(res.images) + 4.0) < 1e-4
+    assert res.n_iter == 20 and not res.stopped_early
+
+
+def test_callback_returning_true_stops_the_run():
+    res = optimize(Scalar(), lambda x: (x - 3).pow(2).sum(), max_iter=100, patience=0,
+                   callbacks=[lambda s: s.step >= 9])
+    assert res.n_iter == 10 and res.stopped_early
+
+
+def test_patience_zero_runs_max_iter():
+    res = optimize(Scalar(), lambda x: 0 * x.sum() + 1.0, max_iter=30, patience=0)
+    assert res.n_iter == 30 and not res.stopped_early
+
+
+def test_check_every_delays_stopping_but_not_the_best_iterate():
+    res1 = optimize(Scalar(), lambda x: (x - 3).pow(2).sum(), max_iter=300, patience=10, check_every=1)
+    res7 = optimize(Scalar(), lambda x: (x - 3).pow(2).sum(), max_iter=300, patience=10, check_every=7)
+    assert res7.n_iter >= res1.n_iter and res7.n_iter - res1.n_iter < 7
+    assert res7.best_loss <= res1.best_loss
