@@ -96,16 +96,35 @@ def test_images_keep_the_norm_constraint(complex_cell):
 
 
 def test_softmin_and_gram_diversities_run_on_the_same_engine(complex_cell):
-    s = dv.diverse(complex_cell, "response", 0, n_images=6, diversity=1.0, distance="softmin", tau=0.005,
-                   norm=RHO, mei=False, seed=0)
+    s = dv.diverse(
+        complex_cell,
+        "response",
+        0,
+        n_images=6,
+        diversity=1.0,
+        distance="softmin",
+        tau=0.005,
+        norm=RHO,
+        mei=False,
+        seed=0,
+    )
     assert s.min_distance >= 0.6 * RMS
     with pytest.raises(dv.DiversevisError, match="distance_layer"):
         dv.diverse(complex_cell, "response", 0, distance="gram", norm=RHO)
 
 
 def test_direction_targets_with_cos_metric(complex_cell):
-    res = dv.diverse(complex_cell, "response", direction=[1.0], metric="cos", n_images=2, diversity=0.0,
-                     norm=RHO, max_iter=50, mei=False)
+    res = dv.diverse(
+        complex_cell,
+        "response",
+        direction=[1.0],
+        metric="cos",
+        n_images=2,
+        diversity=0.0,
+        norm=RHO,
+        max_iter=50,
+        mei=False,
+    )
     assert res.spec["direction"] == [1.0] and res.spec["unit"] is None
     assert float(res.activations.min()) > 0.9  # a / sqrt(a^2 + 0.01) with a ~ rho^2 = 1
 

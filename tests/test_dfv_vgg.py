@@ -13,8 +13,9 @@ from diversevis.dfv import Problem
 def test_conv3_1_unit_21_diverse_set_stays_near_the_mei(vgg16_paper, tmp_path):
     m = dv.mei(vgg16_paper, "conv3_1", 21, seed=0)
     weak = dv.diverse(vgg16_paper, "conv3_1", 21, diversity=0.01, distance_layer="conv2_2", mei=m, seed=0)
-    res = dv.diverse(vgg16_paper, "conv3_1", 21, n_images=6, diversity=0.5, distance_layer="conv2_2", mei=m,
-                     seed=0)
+    res = dv.diverse(
+        vgg16_paper, "conv3_1", 21, n_images=6, diversity=0.5, distance_layer="conv2_2", mei=m, seed=0
+    )
     assert res.images.shape == (6, 3, 24, 24)
     assert float(res.ratios.min()) >= 0.8
     # a stronger diversity weight buys a more diverse set (in conv2_2 space) at a small cost in activation
@@ -43,8 +44,17 @@ def test_truncated_forward_never_runs_layers_above_the_target(vgg16_paper):
 
 
 def test_padded_vgg16_reads_the_unit_whose_receptive_field_is_the_image(vgg16):
-    prob = Problem.build(vgg16, "conv2_1", 7, None, "max", contrast=0.5, norm=None, distance_layer="conv1_2",
-                         images_folder=None)
+    prob = Problem.build(
+        vgg16,
+        "conv2_1",
+        7,
+        None,
+        "max",
+        contrast=0.5,
+        norm=None,
+        distance_layer="conv1_2",
+        images_folder=None,
+    )
     p = prob.placement
     rf = vgg16.receptive_field("conv2_1")
     assert (rf.size, rf.stride) == (10, 2)

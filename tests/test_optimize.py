@@ -62,8 +62,9 @@ def test_returns_the_best_iterate_not_the_last():
 
 
 def test_callback_returning_true_stops_the_run():
-    res = optimize(Scalar(), lambda x: (x - 3).pow(2).sum(), max_iter=100, patience=0,
-                   callbacks=[lambda s: s.step >= 9])
+    res = optimize(
+        Scalar(), lambda x: (x - 3).pow(2).sum(), max_iter=100, patience=0, callbacks=[lambda s: s.step >= 9]
+    )
     assert res.n_iter == 10 and res.stopped_early
 
 

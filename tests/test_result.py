@@ -14,8 +14,9 @@ from diversevis.synthetic import cell_network
 
 @pytest.fixture(scope="module")
 def result():
-    return dv.diverse(cell_network("complex"), "response", 0, n_images=4, diversity=1.0, norm=1.0, seed=5,
-                      max_iter=80)
+    return dv.diverse(
+        cell_network("complex"), "response", 0, n_images=4, diversity=1.0, norm=1.0, seed=5, max_iter=80
+    )
 
 
 def test_save_writes_grid_npz_and_json_with_the_full_run_spec(result, tmp_path):
@@ -23,8 +24,25 @@ def test_save_writes_grid_npz_and_json_with_the_full_run_spec(result, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["grid.png", "images.npz", "result.json"]
     meta = json.loads((out / "result.json").read_text())
     spec = meta["spec"]
-    for key in ("model", "layer", "unit", "n_images", "diversity", "distance", "norm", "lr", "max_iter", "patience",
-                "ema", "seed", "precondition", "n_iter", "device", "versions", "created"):
+    for key in (
+        "model",
+        "layer",
+        "unit",
+        "n_images",
+        "diversity",
+        "distance",
+        "norm",
+        "lr",
+        "max_iter",
+        "patience",
+        "ema",
+        "seed",
+        "precondition",
+        "n_iter",
+        "device",
+        "versions",
+        "created",
+    ):
         assert key in spec, key
     assert spec["seed"] == 5 and spec["n_images"] == 4 and spec["model"] == "complex-cell"
     assert {"diversevis", "torch", "numpy", "python"} <= set(spec["versions"])

@@ -57,37 +57,67 @@ def _nonneg_float(s: str) -> float:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True,
-                   help="model spec: vgg16, vgg16-paper, cell:complex, file:PATH, torchvision:NAME[@PATH] "
-                        "(see `diversevis models`)")
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="model spec: vgg16, vgg16-paper, cell:complex, file:PATH, torchvision:NAME[@PATH] "
+        "(see `diversevis models`)",
+    )
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow file: models that are pickled Python objects (runs code from the file; "
-                        "only for files you trust)")
-    p.add_argument("--naturals", metavar="DIR", default=None,
-                   help="folder of natural images for contrast statistics (default: bundled photos)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow file: models that are pickled Python objects (runs code from the file; "
+        "only for files you trust)",
+    )
+    p.add_argument(
+        "--naturals",
+        metavar="DIR",
+        default=None,
+        help="folder of natural images for contrast statistics (default: bundled photos)",
+    )
 
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", "-l", required=True, help="layer alias (conv3_1) or dot path (features.10)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--unit", "-u", type=_nonneg_int, help="channel index of the unit")
-    g.add_argument("--direction", metavar="FILE|v1,v2,...",
-                   help="target direction in channel space: a .npy file or comma-separated values")
-    p.add_argument("--metric", choices=["max", "cos", "mse"], default="max", help="target metric (default: max)")
+    g.add_argument(
+        "--direction",
+        metavar="FILE|v1,v2,...",
+        help="target direction in channel space: a .npy file or comma-separated values",
+    )
+    p.add_argument(
+        "--metric", choices=["max", "cos", "mse"], default="max", help="target metric (default: max)"
+    )
 
 
 def _add_optim_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--contrast", type=_positive_float, default=0.5,
-                   help="image L2 norm as a fraction of the mean natural-patch norm (default: 0.5, as the paper)")
-    p.add_argument("--norm", type=_positive_float, default=None, help="absolute image L2 norm (overrides --contrast)")
+    p.add_argument(
+        "--contrast",
+        type=_positive_float,
+        default=0.5,
+        help="image L2 norm as a fraction of the mean natural-patch norm (default: 0.5, as the paper)",
+    )
+    p.add_argument(
+        "--norm", type=_positive_float, default=None, help="absolute image L2 norm (overrides --contrast)"
+    )
     p.add_argument("--lr", type=_positive_float, default=1.0, help="Adam learning rate (default: 1.0)")
     p.add_argument("--max-iter", type=_positive_int, default=1000, help="maximum iterations (default: 1000)")
-    p.add_argument("--patience", type=_nonneg_int, default=100,
-                   help="early stopping: iterations without EMA-loss improvement (default: 100; 0 disables)")
-    p.add_argument("--no-precondition", action="store_true", help="disable the 1/sqrt(f) gradient preconditioner")
+    p.add_argument(
+        "--patience",
+        type=_nonneg_int,
+        default=100,
+        help="early stopping: iterations without EMA-loss improvement (default: 100; 0 disables)",
+    )
+    p.add_argument(
+        "--no-precondition", action="store_true", help="disable the 1/sqrt(f) gradient preconditioner"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--out", "-o", default=None, help="output directory (default: runs/<model>_<layer>_u<unit>)")
+    p.add_argument(
+        "--out", "-o", default=None, help="output directory (default: runs/<model>_<layer>_u<unit>)"
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -110,23 +140,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("layers", help="list a model's layers with output shapes and receptive fields")
     _add_model_args(p)
-    p.add_argument("--size", type=_positive_int, default=None, help="input side for the shapes (default: 224)")
+    p.add_argument(
+        "--size", type=_positive_int, default=None, help="input side for the shapes (default: 224)"
+    )
 
-    p = sub.add_parser("diverse", help="diverse feature visualization of one unit (PNG grid + JSON)",
-                       description="Optimise N images of the unit's receptive-field size that all drive the unit "
-                       "strongly while being as different as possible (min pairwise RMS distance).")
+    p = sub.add_parser(
+        "diverse",
+        help="diverse feature visualization of one unit (PNG grid + JSON)",
+        description="Optimise N images of the unit's receptive-field size that all drive the unit "
+        "strongly while being as different as possible (min pairwise RMS distance).",
+    )
     _add_model_args(p)
     _add_target_args(p)
     p.add_argument("--images", "-n", type=_positive_int, default=6, help="number of images N (default: 6)")
-    p.add_argument("--diversity", type=_nonneg_float, default=0.01,
-                   help="weight lambda of the diversity term (default: 0.01)")
-    p.add_argument("--distance-layer", default=None,
-                   help="layer whose features measure distances (default: pixel space)")
-    p.add_argument("--distance", choices=["min", "softmin", "gram"], default="min",
-                   help="diversity term: min pairwise RMS distance (paper), softmin, or Lucid's gram (default: min)")
+    p.add_argument(
+        "--diversity",
+        type=_nonneg_float,
+        default=0.01,
+        help="weight lambda of the diversity term (default: 0.01)",
+    )
+    p.add_argument(
+        "--distance-layer", default=None, help="layer whose features measure distances (default: pixel space)"
+    )
+    p.add_argument(
+        "--distance",
+        choices=["min", "softmin", "gram"],
+        default="min",
+        help="diversity term: min pairwise RMS distance (paper), softmin, or Lucid's gram (default: min)",
+    )
     p.add_argument("--tau", type=_positive_float, default=0.1, help="softmin temperature (default: 0.1)")
-    p.add_argument("--mei-restarts", type=_positive_int, default=4,
-                   help="restarts of the MEI used for the activation ratios (default: 4)")
+    p.add_argument(
+        "--mei-restarts",
+        type=_positive_int,
+        default=4,
+        help="restarts of the MEI used for the activation ratios (default: 4)",
+    )
     p.add_argument("--no-mei", action="store_true", help="skip the MEI (no ratios)")
     _add_optim_args(p)
 
@@ -151,7 +199,9 @@ def _direction(arg: str | None):
     try:
         return [float(v) for v in arg.split(",")]
     except ValueError:
-        raise DiversevisError(f"--direction must be a .npy file or comma-separated numbers, got {arg!r}") from None
+        raise DiversevisError(
+            f"--direction must be a .npy file or comma-separated numbers, got {arg!r}"
+        ) from None
 
 
 def _out_dir(args, net) -> Path:
@@ -178,10 +228,14 @@ def _cmd_layers(args) -> int:
     print(f"{'layer':22s} {'alias':10s} {'type':14s} {'output (C,H,W)':18s} {'RF':>5s} {'stride':>6s}")
     for r in rows:
         shape = "x".join(str(s) for s in r.shape) if r.shape else "-"
-        print(f"{r.name:22s} {r.alias or '':10s} {r.type:14s} {shape:18s} "
-              f"{r.rf if r.rf is not None else '-':>5} {r.stride if r.stride is not None else '-':>6}")
+        print(
+            f"{r.name:22s} {r.alias or '':10s} {r.type:14s} {shape:18s} "
+            f"{r.rf if r.rf is not None else '-':>5} {r.stride if r.stride is not None else '-':>6}"
+        )
     if any(r.rf is None for r in rows):
-        print("(RF '-': not a conv/pool chain here; diversevis measures it with a gradient probe when needed)")
+        print(
+            "(RF '-': not a conv/pool chain here; diversevis measures it with a gradient probe when needed)"
+        )
     return 0
 
 
@@ -205,28 +259,45 @@ def _cmd_run(args) -> int:
     )
     if args.command == "diverse":
         if args.images < 2:
-            raise DiversevisError("--images must be >= 2 for a diverse set (use `diversevis mei` for one image)")
+            raise DiversevisError(
+                "--images must be >= 2 for a diverse set (use `diversevis mei` for one image)"
+            )
         res = dfv.diverse(
-            net, args.layer, args.unit, n_images=args.images, diversity=args.diversity,
-            distance_layer=args.distance_layer, distance=args.distance, tau=args.tau,
-            mei=not args.no_mei, mei_restarts=args.mei_restarts, **common,
+            net,
+            args.layer,
+            args.unit,
+            n_images=args.images,
+            diversity=args.diversity,
+            distance_layer=args.distance_layer,
+            distance=args.distance,
+            tau=args.tau,
+            mei=not args.no_mei,
+            mei_restarts=args.mei_restarts,
+            **common,
         )
     else:
         res = dfv.mei(net, args.layer, args.unit, restarts=args.restarts, **common)
     out = res.save(_out_dir(args, net))
     m = res.metrics()
     spec = res.spec
-    print(f"{spec['model']} {spec['layer']} unit {spec['unit']}: {len(res.activations)} image(s) of "
-          f"{spec['image_size']}px, {spec['n_iter']} iterations in {spec['seconds']:.1f}s"
-          + (f" (+ MEI {spec['mei_seconds']:.1f}s)" if spec.get("mei_seconds") else ""))
+    print(
+        f"{spec['model']} {spec['layer']} unit {spec['unit']}: {len(res.activations)} image(s) of "
+        f"{spec['image_size']}px, {spec['n_iter']} iterations in {spec['seconds']:.1f}s"
+        + (f" (+ MEI {spec['mei_seconds']:.1f}s)" if spec.get("mei_seconds") else "")
+    )
     acts = ", ".join(f"{a:.3g}" for a in m["activations"])
-    print(f"  activations: {acts}  (MEI {m['mei_activation']:.4g})" if m["mei_activation"] is not None
-          else f"  activations: {acts}")
+    print(
+        f"  activations: {acts}  (MEI {m['mei_activation']:.4g})"
+        if m["mei_activation"] is not None
+        else f"  activations: {acts}"
+    )
     if m["ratios"] is not None and args.command == "diverse":
         print(f"  ratio to MEI: min {m['min_ratio']:.3f}, mean {m['mean_ratio']:.3f}")
     if m["min_distance"] is not None:
         where = spec.get("distance_layer") or "pixels"
-        print(f"  min pairwise RMS distance ({where}): {m['min_distance']:.4g}, mean {m['mean_distance']:.4g}")
+        print(
+            f"  min pairwise RMS distance ({where}): {m['min_distance']:.4g}, mean {m['mean_distance']:.4g}"
+        )
     print(f"  wrote {out / 'grid.png'}, {out / 'images.npz'}, {out / 'result.json'}")
     return 0
 

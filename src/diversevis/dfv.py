@@ -91,7 +91,9 @@ class Problem:
         size = placement.image_size
         if norm is None:
             if not contrast > 0:
-                raise DiversevisError(f"contrast must be > 0 (a fraction of the natural-patch norm), got {contrast}")
+                raise DiversevisError(
+                    f"contrast must be > 0 (a fraction of the natural-patch norm), got {contrast}"
+                )
             if net.in_channels != 3:
                 raise DiversevisError(
                     "natural-image contrast needs an RGB network; give an absolute norm= for "
@@ -125,7 +127,9 @@ class Problem:
         b = p.canvas_size - p.image_size - a
         return F.pad(images, (a, b, a, b), value=0.5)
 
-    def evaluate(self, images: torch.Tensor, need_features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def evaluate(
+        self, images: torch.Tensor, need_features: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Target values ``(N,)`` and distance-space features ``(N, K, h, w)`` (or ``None``)."""
         layers = [self.target.layer]
         if need_features and self.distance_layer is not None:
@@ -160,7 +164,9 @@ class Problem:
             "offset": p.offset,
             "unit_index": p.unit_index,
             "rf_misalignment": p.misalignment,
-            "distance_layer": None if self.distance_layer is None else self.net.display_name(self.distance_layer),
+            "distance_layer": None
+            if self.distance_layer is None
+            else self.net.display_name(self.distance_layer),
         }
 
 
@@ -214,18 +220,42 @@ def mei(
         raise DiversevisError(f"restarts must be >= 1, got {restarts}")
     net = _prepare(model, device)
     prob = Problem.build(
-        net, layer, unit, direction, metric, contrast=contrast, norm=norm, distance_layer=None, images_folder=images
+        net,
+        layer,
+        unit,
+        direction,
+        metric,
+        contrast=contrast,
+        norm=norm,
+        distance_layer=None,
+        images_folder=images,
     )
     gen = torch.Generator().manual_seed(seed)
     size = prob.placement.image_size
-    param = PixelImage(restarts, net.in_channels, size, prob.norm, precondition=precondition, generator=gen,
-                       device=net.device)
+    param = PixelImage(
+        restarts,
+        net.in_channels,
+        size,
+        prob.norm,
+        precondition=precondition,
+        generator=gen,
+        device=net.device,
+    )
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
         return -prob.evaluate(x, need_features=False)[0].mean()
 
-    opt = optimize(param, loss_fn, lr=lr, max_iter=max_iter, patience=patience, ema=ema, progress=progress,
-                   desc=f"MEI {net.display_name(layer)}:{unit}", callbacks=callbacks)
+    opt = optimize(
+        param,
+        loss_fn,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        progress=progress,
+        desc=f"MEI {net.display_name(layer)}:{unit}",
+        callbacks=callbacks,
+    )
     with torch.no_grad():
         acts = prob.evaluate(opt.images, need_features=False)[0]
     best = int(acts.argmax())
@@ -370,9 +400,22 @@ def diverse(
         mei_res, mei_act = mei, mei.mei_activation
     elif mei is True:
         mei_res = _mei(
-            net, layer, unit, direction=direction, metric=metric, restarts=mei_restarts, contrast=contrast,
-            norm=prob.norm, precondition=precondition, lr=lr, max_iter=max_iter, patience=patience, ema=ema,
-            seed=seed, images=images, progress=progress,
+            net,
+            layer,
+            unit,
+            direction=direction,
+            metric=metric,
+            restarts=mei_restarts,
+            contrast=contrast,
+            norm=prob.norm,
+            precondition=precondition,
+            lr=lr,
+            max_iter=max_iter,
+            patience=patience,
+            ema=ema,
+            seed=seed,
+            images=images,
+            progress=progress,
         )
         mei_act = mei_res.mei_activation
     elif mei is not False and mei is not None:
@@ -380,8 +423,15 @@ def diverse(
 
     gen = torch.Generator().manual_seed(seed)
     size = prob.placement.image_size
-    param = PixelImage(n_images, net.in_channels, size, prob.norm, precondition=precondition, generator=gen,
-                       device=net.device)
+    param = PixelImage(
+        n_images,
+        net.in_channels,
+        size,
+        prob.norm,
+        precondition=precondition,
+        generator=gen,
+        device=net.device,
+    )
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
         p, f = prob.evaluate(x, need_features=diversity > 0)
@@ -391,8 +441,17 @@ def diverse(
         return loss
 
     label = f"diverse {net.display_name(layer)}:{unit if unit is not None else 'dir'}"
-    opt = optimize(param, loss_fn, lr=lr, max_iter=max_iter, patience=patience, ema=ema, progress=progress,
-                   desc=label, callbacks=callbacks)
+    opt = optimize(
+        param,
+        loss_fn,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        progress=progress,
+        desc=label,
+        callbacks=callbacks,
+    )
     with torch.no_grad():
         acts, feats = prob.evaluate(opt.images)
         dist = pairwise_rms_matrix(feats.flatten(1))

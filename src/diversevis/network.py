@@ -108,7 +108,8 @@ class Network(nn.Module):
         std = [1.0] * in_channels if std is None else list(std)
         if len(mean) != in_channels or len(std) != in_channels:
             raise DiversevisError(
-                f"mean and std need {in_channels} values (one per input channel), got {len(mean)} and {len(std)}"
+                f"mean and std need {in_channels} values (one per input channel), "
+                f"got {len(mean)} and {len(std)}"
             )
         if any(s <= 0 for s in std):
             raise DiversevisError(f"std must be positive, got {std}")
@@ -121,7 +122,9 @@ class Network(nn.Module):
         self._modules_by_name: dict[str, nn.Module] = {n: m for n, m in module.named_modules() if n}
         for alias, target in self.aliases.items():
             if target not in self._modules_by_name:
-                raise DiversevisError(f"alias {alias!r} points at {target!r}, which is not a module of the model")
+                raise DiversevisError(
+                    f"alias {alias!r} points at {target!r}, which is not a module of the model"
+                )
         self._rf_cache: dict[str, ReceptiveField] = {}
         self._out_size_cache: dict[tuple[str, int], tuple[int, ...]] = {}
 
@@ -206,7 +209,8 @@ class Network(nn.Module):
                     return
                 if not isinstance(output, torch.Tensor):
                     raise DiversevisError(
-                        f"layer {path!r} returns {type(output).__name__}, not a tensor; choose one of its submodules"
+                        f"layer {path!r} returns {type(output).__name__}, not a tensor; "
+                        "choose one of its submodules"
                     )
                 captured[path] = output
                 if len(captured) == len(wanted):

@@ -116,7 +116,7 @@ def _pair(v) -> int | None:
 
 
 def _leaf_geometry(m: nn.Module) -> tuple[int, int, int, int] | None:
-    """(kernel, stride, padding, dilation) of a geometric leaf, (1, 1, 0, 1) for elementwise, None if unknown."""
+    """(kernel, stride, padding, dilation) of a leaf; (1, 1, 0, 1) if elementwise, None if unknown."""
     if isinstance(m, _ELEMENTWISE):
         return (1, 1, 0, 1)
     if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
@@ -224,7 +224,7 @@ def probe_receptive_field(
     size, max_size : int
         First and largest probe input side, in pixels.
     samples : int
-        Number of random inputs whose gradient magnitudes are pooled (covers max-pool switches and dead ReLUs).
+        Random inputs whose gradient magnitudes are pooled (covers max-pool switches, dead ReLUs).
     seed : int
         Seed of the random probe inputs.
 

@@ -144,7 +144,9 @@ class Result:
         """Read a result written by :meth:`save`."""
         d = Path(directory)
         if not (d / "result.json").is_file() or not (d / "images.npz").is_file():
-            raise DiversevisError(f"{str(d)!r} holds no complete result (result.json and images.npz expected)")
+            raise DiversevisError(
+                f"{str(d)!r} holds no complete result (result.json and images.npz expected)"
+            )
         meta = json.loads((d / "result.json").read_text())
         with np.load(d / "images.npz") as z:
             arrays = {k: z[k] for k in z.files}

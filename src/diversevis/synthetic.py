@@ -60,8 +60,11 @@ def gabor(
     """
     sigma = size / 5 if sigma is None else sigma
     c = (size - 1) / 2
-    y, x = torch.meshgrid(torch.arange(size, dtype=torch.float64) - c, torch.arange(size, dtype=torch.float64) - c,
-                          indexing="ij")
+    y, x = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64) - c,
+        torch.arange(size, dtype=torch.float64) - c,
+        indexing="ij",
+    )
     u = x * math.cos(theta) + y * math.sin(theta)
     env = torch.exp(-(x**2 + y**2) / (2 * sigma**2))
     g = env * torch.cos(2 * math.pi * u / wavelength + phase)
@@ -151,5 +154,11 @@ def cell_network(kind: str, size: int = 16, channels: int = 3, **kw) -> Network:
         Receptive-field size in pixels.
     """
     cell = _CELLS[kind](size=size, channels=channels, **kw)
-    return Network(cell, mean=[0.5] * channels, std=[1.0] * channels, name=f"{kind}-cell",
-                   in_channels=channels, input_size=size)
+    return Network(
+        cell,
+        mean=[0.5] * channels,
+        std=[1.0] * channels,
+        name=f"{kind}-cell",
+        in_channels=channels,
+        input_size=size,
+    )
