@@ -1,0 +1,7 @@
+"""``python -m diversevis``: same as the ``diversevis`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
