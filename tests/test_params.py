@@ -73,3 +73,13 @@ def test_pixel_image_is_grey_centred_with_the_requested_contrast():
     assert torch.allclose((x - 0.5).flatten(1).norm(dim=1), torch.full((4,), 5.0), atol=1e-5)
     same = PixelImage(4, 3, 24, 5.0, generator=torch.Generator().manual_seed(0))()
     assert torch.equal(x, same)
+
+
+def test_preconditioner_matches_the_full_complex_fft_formula_for_odd_sizes():
+    # the half-spectrum (rfft2) implementation must equal Re IFFT2(FFT2(g) * w) for any size
+    for h, w in [(15, 15), (7, 9), (24, 24)]:
+        x = torch.zeros(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+        g = torch.randn(2, 3, h, w, dtype=torch.float64)
+        precondition(x).backward(g)
+        ref = torch.fft.ifft2(torch.fft.fft2(g) * preconditioner_weights(h, w, dtype=torch.float64)).real
+        assert torch.allclose(x.grad, ref, atol=1e-12)

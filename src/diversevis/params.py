@@ -12,6 +12,8 @@ scaling its Fourier amplitude with ``1 / sqrt(|f|)`` (normalised to mean 1). Ada
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import nn
 
@@ -46,6 +48,12 @@ def preconditioner_weights(
     return w / w.mean()
 
 
+@lru_cache(maxsize=64)
+def _half_spectrum_weights(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # w is symmetric under v -> width - v, so the rfft2 half-spectrum needs only columns 0 .. width // 2
+    return preconditioner_weights(height, width, device=device, dtype=dtype)[:, : width // 2 + 1].contiguous()
+
+
 class _Precondition(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -53,8 +61,9 @@ class _Precondition(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:
-        w = preconditioner_weights(g.shape[-2], g.shape[-1], device=g.device, dtype=g.dtype)
-        return torch.fft.ifft2(torch.fft.fft2(g) * w).real
+        h, w = g.shape[-2:]
+        weights = _half_spectrum_weights(h, w, g.device, g.dtype)
+        return torch.fft.irfft2(torch.fft.rfft2(g) * weights, s=(h, w))
 
 
 def precondition(x: torch.Tensor) -> torch.Tensor:
