@@ -114,7 +114,13 @@ class Problem:
                 )
             rf_d = net.receptive_field(distance_layer)
             lo, hi = placement.offset, placement.offset + size
-            dslice = (positions_inside(rf_d, lo, hi, shape[1]), positions_inside(rf_d, lo, hi, shape[2]))
+            try:
+                dslice = (positions_inside(rf_d, lo, hi, shape[1]), positions_inside(rf_d, lo, hi, shape[2]))
+            except ValueError:
+                raise DiversevisError(
+                    f"no unit of distance layer {distance_layer!r} lies over the {size}px image; "
+                    "choose a lower layer"
+                ) from None
         d = target.vector(channels, device=net.device)
         return cls(net, target, d, placement, float(norm), distance_layer, dslice)
 

@@ -78,6 +78,9 @@ class Network(nn.Module):
         Alias -> dot path (``{"conv3_1": "features.10"}``).
     name : str, optional
         Model name recorded in run specs (e.g. ``"vgg16-paper"``).
+    spec : str, optional
+        The spec that loads this model with :func:`diversevis.load_model` (set by the zoo; ``None`` for
+        models built in Python).
     in_channels : int
         Number of input channels (3 for RGB).
     input_size : int
@@ -92,12 +95,17 @@ class Network(nn.Module):
         *,
         aliases: Mapping[str, str] | None = None,
         name: str | None = None,
+        spec: str | None = None,
         in_channels: int = 3,
         input_size: int = 224,
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
             raise DiversevisError(f"Network needs an nn.Module, got {type(module).__name__}")
+        if isinstance(module, torch.jit.ScriptModule):
+            raise DiversevisError(
+                "TorchScript modules cannot be hooked layer by layer; pass the original Python nn.Module"
+            )
         module.eval()
         module.requires_grad_(False)
         for m in module.modules():
@@ -117,6 +125,7 @@ class Network(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.aliases: dict[str, str] = dict(aliases or {})
         self.name = name or type(module).__name__
+        self.spec = spec
         self.in_channels = in_channels
         self.input_size = input_size
         self._modules_by_name: dict[str, nn.Module] = {n: m for n, m in module.named_modules() if n}
@@ -149,9 +158,10 @@ class Network(nn.Module):
             return layer
         choices = list(self.aliases) + list(self._modules_by_name)
         shown = ", ".join(list(self.aliases)[:12] or list(self._modules_by_name)[:12])
+        listing = f"`diversevis layers --model {self.spec}`" if self.spec else "Network.list_layers()"
         raise LayerNotFoundError(
             f"unknown layer {layer!r} in {self.name}.{did_you_mean(layer, choices)} "
-            f"Layers include: {shown} (see `diversevis layers --model {self.name}`)"
+            f"Layers include: {shown} (see {listing})"
         )
 
     def display_name(self, layer: str) -> str:
@@ -297,13 +307,18 @@ class Network(nn.Module):
         -------
         list of LayerInfo
             Receptive fields are analytic where the layer lies on a conv/pool chain, else ``None``
-            (use :meth:`receptive_field` to probe one layer).
+            (use :meth:`receptive_field` to probe one layer). Layers that the input is too small to reach
+            are left out.
         """
         if input_size is None or input_size == self.input_size:
             rfs, shapes = self._chain
         else:
             x = torch.zeros(1, self.in_channels, input_size, input_size, device=self.device)
             rfs, shapes = chain_receptive_fields(self.module, x)
+        if not shapes:
+            raise DiversevisError(
+                f"a {input_size or self.input_size}px input is too small for every layer of {self.name}"
+            )
         rows = []
         for name, shape in shapes.items():
             rf = rfs.get(name)

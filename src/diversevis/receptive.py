@@ -153,7 +153,7 @@ def chain_receptive_fields(
     Returns
     -------
     rfs : dict[str, ReceptiveField | None]
-        For every module that ran: its analytic receptive field, or ``None`` where the chain is broken
+        For every module that ran (only those that fit when ``x`` is too small for deeper layers): its analytic receptive field, or ``None`` where the chain is broken
         (a branch, a skip connection, or a leaf of unknown geometry).
     shapes : dict[str, tuple[int, ...]]
         Output shape without the batch dimension, for every module whose output is a tensor.
@@ -195,6 +195,8 @@ def chain_receptive_fields(
     try:
         with torch.no_grad():
             module(x)
+    except RuntimeError:
+        pass  # input too small for the deeper layers: keep what was traced up to there
     finally:
         for h in handles:
             h.remove()
@@ -241,7 +243,7 @@ def probe_receptive_field(
         if y.dim() != 4:
             raise ValueError(f"probe needs a (B, K, h, w) output, got shape {tuple(y.shape)}")
         h, w = y.shape[-2:]
-        i, j = h // 2, w // 2
+        i, j = (h - 1) // 2, (w - 1) // 2
         # Two adjacent units give the stride; weight channels randomly to avoid cancellations.
         wts = torch.rand(y.shape[1], generator=gen).to(device) + 0.5
         boxes = []
@@ -303,5 +305,5 @@ def positions_inside(rf: ReceptiveField, lo: float, hi: float, n: int) -> slice:
     """Indices ``i < n`` whose RF centre lies in the pixel interval ``[lo, hi)`` (a contiguous slice)."""
     idx = [i for i in range(n) if lo <= rf.center(i) < hi]
     if not idx:
-        return slice(0, n)
+        raise ValueError(f"no unit centre of this layer (rf={rf}) lies in the pixel interval [{lo}, {hi})")
     return slice(idx[0], idx[-1] + 1)

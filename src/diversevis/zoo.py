@@ -9,7 +9,7 @@ spec                 what it is
 ``cell:simple``      synthetic simple cell (Gabor + ReLU), 16 px  -- ground truth
 ``cell:complex``     synthetic energy-model complex cell (phase invariant), 16 px
 ``cell:texture``     synthetic shift-invariant texture unit, 16 px
-``file:PATH``        a TorchScript file, or a pickled ``nn.Module`` (only with ``allow_pickle=True``)
+``file:PATH``        a pickled ``nn.Module`` (``torch.save(model)``), only with ``allow_pickle=True``
 ``torchvision:NAME`` a torchvision model (``@PATH`` for a local checkpoint); needs torchvision and,
                      without ``@PATH``, internet access
 ===================  ===========================================================================
@@ -43,7 +43,7 @@ MODELS: dict[str, str] = {
     "cell:simple": "synthetic simple cell: Gabor filter + ReLU (16 px)",
     "cell:complex": "synthetic energy-model complex cell: quadrature Gabor pair, phase invariant (16 px)",
     "cell:texture": "synthetic texture unit: Gabor energy averaged over positions, shift invariant (16 px)",
-    "file:PATH": "TorchScript file, or a pickled nn.Module with allow_pickle=True",
+    "file:PATH": "a pickled nn.Module (torch.save(model)); needs allow_pickle=True / --allow-pickle",
     "torchvision:NAME[@PATH]": "torchvision architecture, weights downloaded or from a local checkpoint",
 }
 
@@ -99,10 +99,11 @@ def _caffe_network(features: nn.Sequential, name: str, cfg: list) -> Network:
 def gatys_normalize(features: nn.Sequential, images: list[torch.Tensor]) -> list[float]:
     """Rescale every conv layer in place so each channel's mean post-ReLU activation is 1.
 
-    Goes bottom-up: the mean of channel ``k`` of conv layer ``l`` over all images and positions,
-    computed with the layers below already normalised, divides that channel's weights and bias. Since
-    ReLU and max pooling are positively homogeneous this leaves the network's function unchanged up to a
-    positive scale per channel (Gatys et al. 2015; method.md A.2). Dead channels keep scale 1.
+    Goes bottom-up: the mean ``m_l[k]`` of channel ``k`` of conv layer ``l`` over all images and
+    positions divides that channel's weights and bias, and the next conv layer's input weights are
+    multiplied by ``m_l`` to compensate (``W_{l+1}[:, k] *= m_l[k]``). Since ReLU and max pooling are
+    positively homogeneous, every layer computes the original function divided by a positive scale per
+    channel (Gatys et al. 2015; method.md A.2). Dead channels keep scale 1.
 
     Parameters
     ----------
@@ -118,8 +119,12 @@ def gatys_normalize(features: nn.Sequential, images: list[torch.Tensor]) -> list
     """
     xs = list(images)
     means = []
+    prev: torch.Tensor | None = None  # scale of the previous conv's output channels
     for m in features:
         if isinstance(m, nn.Conv2d):
+            if prev is not None:
+                # its inputs are now divided by prev: undo that, so the function is unchanged
+                m.weight.mul_(prev.view(1, -1, 1, 1))
             outs = [torch.relu(m(x)) for x in xs]
             total = sum(o.sum(dim=(0, 2, 3)) for o in outs)
             count = sum(o.shape[0] * o.shape[2] * o.shape[3] for o in outs)
@@ -129,6 +134,7 @@ def gatys_normalize(features: nn.Sequential, images: list[torch.Tensor]) -> list
             m.bias.div_(scale)
             xs = [o / scale.view(1, -1, 1, 1) for o in outs]
             means.append(float(mean.mean()))
+            prev = scale
         elif isinstance(m, nn.ReLU):
             continue  # already applied above
         else:
@@ -163,7 +169,8 @@ def _vgg16_paper_features(images=None) -> nn.Sequential:
     from ._vgg16_onnx import VGG16_CFG, build_vgg_features, vgg16_features_state
     from .naturals import image_set_id
 
-    path = cache_dir() / f"vgg16-paper_{image_set_id(images)}.pt"
+    # "v2": compensated normalisation (weights cached by older versions are not reused)
+    path = cache_dir() / f"vgg16-paper-v2_{image_set_id(images)}.pt"
     feats = build_vgg_features(VGG16_CFG, padding=0)
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -185,14 +192,19 @@ def _load_file(path: str, allow_pickle: bool) -> Network:
         with zipfile.ZipFile(p) as z:
             is_script = any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in z.namelist())
         if is_script:
-            return Network(torch.jit.load(str(p), map_location="cpu"), name=f"file:{p.name}")
+            raise DiversevisError(
+                f"{str(p)!r} is a TorchScript archive; its layers cannot be hooked, so it cannot be "
+                "visualised. Save the nn.Module itself (torch.save(model, path)) and load it with "
+                "allow_pickle=True (CLI: --allow-pickle), or wrap it in Python: dv.Network(model)."
+            )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
+        if allow_pickle or "Unsupported global" not in str(e):
+            raise DiversevisError(f"cannot read model file {str(p)!r}: not a PyTorch checkpoint ({e})") from e
         raise DiversevisError(
             f"{str(p)!r} contains pickled Python objects, which can run arbitrary code when loaded; "
-            "it was not loaded. If you trust the file, pass allow_pickle=True (CLI: --allow-pickle), or "
-            "save a TorchScript model (torch.jit.script(model).save(path))."
+            "it was not loaded. If you trust the file, pass allow_pickle=True (CLI: --allow-pickle)."
         ) from e
     except Exception as e:  # corrupt or foreign file
         raise DiversevisError(f"cannot read model file {str(p)!r}: {e}") from e
@@ -291,6 +303,7 @@ def load_model(
         raise ModelNotFoundError(
             f"unknown model {spec!r}.{did_you_mean(spec, MODELS)} Available: {', '.join(MODELS)}"
         )
+    net.spec = spec
     if device is not None:
         net.to(device)
     return net
