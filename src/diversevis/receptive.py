@@ -153,8 +153,9 @@ def chain_receptive_fields(
     Returns
     -------
     rfs : dict[str, ReceptiveField | None]
-        For every module that ran (only those that fit when ``x`` is too small for deeper layers): its analytic receptive field, or ``None`` where the chain is broken
-        (a branch, a skip connection, or a leaf of unknown geometry).
+        For every module that ran (if ``x`` is too small for deeper layers, only those that fit): its
+        analytic receptive field, or ``None`` where the chain is broken (a branch, a skip connection, or a
+        leaf of unknown geometry).
     shapes : dict[str, tuple[int, ...]]
         Output shape without the batch dimension, for every module whose output is a tensor.
     """
