@@ -1,12 +1,14 @@
 """The ``diversevis`` command.
 
-Subcommands: ``models``, ``layers``, ``diverse``, ``mei``. User errors (unknown model or layer, unit out of
-range, bad values) print one line ``diversevis: error: ...`` and exit with status 2, never a traceback.
+Subcommands: ``models``, ``layers``, ``diverse``, ``mei``, ``shift-test``, ``phase-test``, ``analyze``.
+User errors (unknown model or layer, unit out of range, bad values) print one line
+``diversevis: error: ...`` and exit with status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +35,16 @@ def _nonneg_int(s: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _unit_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {s}")
     return v
 
 
@@ -93,7 +105,7 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_optim_args(p: argparse.ArgumentParser) -> None:
+def _add_contrast_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--contrast",
         type=_positive_float,
@@ -103,8 +115,21 @@ def _add_optim_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--norm", type=_positive_float, default=None, help="absolute image L2 norm (overrides --contrast)"
     )
-    p.add_argument("--lr", type=_positive_float, default=1.0, help="Adam learning rate (default: 1.0)")
-    p.add_argument("--max-iter", type=_positive_int, default=1000, help="maximum iterations (default: 1000)")
+
+
+def _add_out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out", "-o", default=None, help="output directory (default: runs/<model>_<layer>_u<unit>_<command>)"
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _add_optim_args(p: argparse.ArgumentParser, lr: float = 1.0, max_iter: int = 1000) -> None:
+    _add_contrast_args(p)
+    p.add_argument("--lr", type=_positive_float, default=lr, help=f"Adam learning rate (default: {lr})")
+    p.add_argument(
+        "--max-iter", type=_positive_int, default=max_iter, help=f"maximum iterations (default: {max_iter})"
+    )
     p.add_argument(
         "--patience",
         type=_nonneg_int,
@@ -115,10 +140,7 @@ def _add_optim_args(p: argparse.ArgumentParser) -> None:
         "--no-precondition", action="store_true", help="disable the 1/sqrt(f) gradient preconditioner"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument(
-        "--out", "-o", default=None, help="output directory (default: runs/<model>_<layer>_u<unit>)"
-    )
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_out_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +205,75 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_args(p)
     p.add_argument("--restarts", type=_positive_int, default=4, help="independent starts (default: 4)")
     _add_optim_args(p)
+
+    p = sub.add_parser(
+        "shift-test",
+        help="shift-invariance (texture) test: can one texture drive the unit at every shift?",
+        description="Optimise one texture of side 2*rf-1 so that every windowed rf-sized crop drives the "
+        "unit; report crop activations relative to the MEI (texture.png, mask.png, shift_map.png, shift.json).",
+    )
+    _add_model_args(p)
+    _add_target_args(p)
+    p.add_argument(
+        "--weight-min",
+        type=_unit_float,
+        default=0.5,
+        help="loss blend between the mean crop (0) and the worst crop (1) (default: 0.5)",
+    )
+    p.add_argument(
+        "--learn-mask", action="store_true", help="learn the window's p, q, sigma with the texture"
+    )
+    p.add_argument(
+        "--stride", type=_positive_int, default=1, help="offset step between crops (default: 1 = every shift)"
+    )
+    p.add_argument("--mei-restarts", type=_positive_int, default=4, help="restarts of the MEI (default: 4)")
+    _add_optim_args(p, lr=0.1, max_iter=700)
+
+    p = sub.add_parser(
+        "phase-test",
+        help="grating phase test: preferred orientation and frequency, F1/F0 ratio",
+        description="Sinusoidal gratings at the DFV contrast: find the preferred orientation and spatial "
+        "frequency, sweep phase, report F1/F0 (< 1 complex-like, > 1 simple-like) with tuning curves.",
+    )
+    _add_model_args(p)
+    _add_target_args(p)
+    _add_contrast_args(p)
+    p.add_argument(
+        "--orientations", type=_positive_int, default=16, help="orientations in [0, pi) (default: 16)"
+    )
+    p.add_argument("--frequencies", type=_positive_int, default=12, help="spatial frequencies (default: 12)")
+    p.add_argument("--phases", type=_positive_int, default=8, help="phases of the coarse search (default: 8)")
+    p.add_argument(
+        "--fine-phases", type=_positive_int, default=32, help="phases of the final sweep (default: 32)"
+    )
+    _add_out_args(p)
+
+    p = sub.add_parser(
+        "analyze",
+        help="DFV vs random restarts vs Gram diversity vs natural exemplars (table + figure)",
+        description="Run DFV and three baselines at matched settings and compare their diversity in the same "
+        "distance space (comparison.png, comparison.md, comparison.json).",
+    )
+    _add_model_args(p)
+    p.add_argument("--layer", "-l", required=True, help="layer alias (conv3_1) or dot path (features.10)")
+    p.add_argument("--unit", "-u", type=_nonneg_int, required=True, help="channel index of the unit")
+    p.add_argument("--images", "-n", type=_positive_int, default=6, help="number of images N (default: 6)")
+    p.add_argument("--diversity", type=_nonneg_float, default=0.01, help="DFV lambda (default: 0.01)")
+    p.add_argument(
+        "--distance-layer", default=None, help="layer whose features measure distances (default: pixels)"
+    )
+    p.add_argument("--no-gram", action="store_true", help="skip the Gram-cosine baseline")
+    p.add_argument("--no-natural", action="store_true", help="skip the natural-exemplar baseline")
+    p.add_argument(
+        "--candidates", type=_positive_int, default=8192, help="natural patches sampled (default: 8192)"
+    )
+    p.add_argument(
+        "--top-k", type=_positive_int, default=64, help="pool of top natural patches (default: 64)"
+    )
+    _add_contrast_args(p)
+    p.add_argument("--max-iter", type=_positive_int, default=1000, help="maximum iterations (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_out_args(p)
     return parser
 
 
@@ -207,7 +298,7 @@ def _direction(arg: str | None):
 def _out_dir(args, net) -> Path:
     if args.out:
         return Path(args.out)
-    unit = f"u{args.unit}" if args.unit is not None else "dir"
+    unit = f"u{args.unit}" if getattr(args, "unit", None) is not None else "dir"
     name = net.name.replace(":", "-").replace("/", "-")
     return Path("runs") / f"{name}_{net.display_name(args.layer)}_{unit}_{args.command}"
 
@@ -302,11 +393,124 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _load(args):
+    from .zoo import load_model
+
+    return load_model(args.model, device=args.device, allow_pickle=args.allow_pickle, images=args.naturals)
+
+
+def _cmd_shift(args) -> int:
+    from .shift import shift_test
+
+    net = _load(args)
+    res = shift_test(
+        net,
+        args.layer,
+        args.unit,
+        direction=_direction(args.direction),
+        metric=args.metric,
+        weight_min=args.weight_min,
+        learn_mask=args.learn_mask,
+        stride=args.stride,
+        contrast=args.contrast,
+        norm=args.norm,
+        precondition_grad=not args.no_precondition,
+        lr=args.lr,
+        max_iter=args.max_iter,
+        patience=args.patience,
+        seed=args.seed,
+        mei_restarts=args.mei_restarts,
+        images=args.naturals,
+        progress=not args.quiet,
+    )
+    out = res.save(_out_dir(args, net))
+    s = res.spec
+    print(
+        f"{s['model']} {s['layer']} unit {s['unit']}: shift test, {s['n_crops']} crops of "
+        f"{s['image_size']}px from a {s['texture_size']}px texture, {s['n_iter']} iterations in {s['seconds']:.1f}s"
+    )
+    print(
+        f"  crop activation / MEI: mean {res.mean_ratio:.3f}, min {res.min_ratio:.3f} "
+        f"(MEI {res.mei_activation:.4g})"
+    )
+    print(f"  wrote {out / 'texture.png'}, {out / 'shift_map.png'}, {out / 'shift.json'}")
+    return 0
+
+
+def _cmd_phase(args) -> int:
+    from .phase import phase_test
+
+    net = _load(args)
+    res = phase_test(
+        net,
+        args.layer,
+        args.unit,
+        direction=_direction(args.direction),
+        metric=args.metric,
+        contrast=args.contrast,
+        norm=args.norm,
+        orientations=args.orientations,
+        frequencies=args.frequencies,
+        phases=args.phases,
+        fine_phases=args.fine_phases,
+        images=args.naturals,
+    )
+    out = res.save(_out_dir(args, net))
+    kind = "complex-like" if res.f1_f0 < 1 else "simple-like"
+    print(
+        f"{res.spec['model']} {res.spec['layer']} unit {res.spec['unit']}: preferred orientation "
+        f"{math.degrees(res.orientation):.1f} deg, frequency {res.frequency:.3f} cycles/px"
+    )
+    print(f"  F1/F0 = {res.f1_f0:.3f} ({kind})")
+    print(f"  wrote {out / 'phase.png'}, {out / 'phase.json'}")
+    return 0
+
+
+def _cmd_analyze(args) -> int:
+    from .invariance import compare_baselines
+
+    net = _load(args)
+    if args.images < 2:
+        raise DiversevisError("--images must be >= 2 to compare diverse sets")
+    cmp = compare_baselines(
+        net,
+        args.layer,
+        args.unit,
+        n_images=args.images,
+        diversity=args.diversity,
+        distance_layer=args.distance_layer,
+        contrast=args.contrast,
+        norm=args.norm,
+        seed=args.seed,
+        max_iter=args.max_iter,
+        natural=not args.no_natural,
+        gram=not args.no_gram,
+        exemplar_candidates=args.candidates,
+        exemplar_k=args.top_k,
+        images=args.naturals,
+        progress=not args.quiet,
+    )
+    out = cmp.save(_out_dir(args, net))
+    print(cmp.markdown())
+    gaps = ", ".join(f"{k} x{v:.2f}" for k, v in cmp.gaps().items() if v is not None)
+    print(f"DFV min distance relative to the baselines: {gaps}")
+    print(f"wrote {out / 'comparison.png'}, {out / 'comparison.md'}, {out / 'comparison.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diversevis`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"models": _cmd_models, "layers": _cmd_layers, "diverse": _cmd_run, "mei": _cmd_run}
+    handlers = {
+        "models": _cmd_models,
+        "layers": _cmd_layers,
+        "diverse": _cmd_run,
+        "mei": _cmd_run,
+        "shift-test": _cmd_shift,
+        "phase-test": _cmd_phase,
+        "analyze": _cmd_analyze,
+    }
     try:
         return handlers[args.command](args)
     except DiversevisError as e:
