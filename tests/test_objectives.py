@@ -106,3 +106,10 @@ def test_target_validation_names_the_valid_range():
     with pytest.raises(DiversevisError, match="max, cos, mse"):
         Target("conv3_1", 1, metric="l2").check(256)
     assert Target("conv3_1", 255).check(256).vector(256)[255] == 1
+
+
+def test_nearly_identical_images_keep_an_accurate_small_distance():
+    # |a|^2 + |b|^2 - 2 a.b would cancel to 0 in float32 here; the true RMS distance is 1e-4
+    base = torch.full((1, 768), 4.0)
+    f = torch.cat([base, base + 1e-4])
+    assert float(pairwise_rms(f)) == pytest.approx(1e-4, rel=1e-2)

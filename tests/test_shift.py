@@ -1,0 +1,109 @@
+"""The shift-invariance (texture) test: window, crops, contrast, and known answers on synthetic cells."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import diversevis as dv
+from diversevis.shift import TextureImage, crop_batch, crop_offsets, shift_test, super_gaussian_mask
+from diversevis.synthetic import cell_network
+
+RHO = 4.0
+
+
+def test_super_gaussian_window_closed_form():
+    m = super_gaussian_mask(25, p=2, q=4, sigma=10.0)
+    assert m.shape == (25, 25) and float(m[12, 12]) == pytest.approx(1.0)
+    # at radius sigma along an axis the window is exp(-1); at 2 sigma, exp(-16)
+    assert float(m[12, 22]) == pytest.approx(math.exp(-1), rel=1e-5)
+    g = super_gaussian_mask(9, p=2, q=2, sigma=3.0)  # q = 2: a Gaussian exp(-r^2 / sigma^2)
+    assert float(g[4 + 2, 4 + 1]) == pytest.approx(math.exp(-(4 + 1) / 9), rel=1e-5)
+    square = super_gaussian_mask(21, p=50, q=4, sigma=8.0)  # large p: a square window
+    assert float(square[10 + 6, 10 + 6]) == pytest.approx(float(square[10, 10 + 6]), rel=0.05)
+    assert torch.allclose(m, m.T) and torch.allclose(m, torch.flip(m, [0]))
+
+
+def test_default_window_has_sigma_10_at_rf_24():
+    assert torch.allclose(super_gaussian_mask(24), super_gaussian_mask(24, 2, 4, 10.0))
+
+
+def test_crops_are_the_texture_windows_at_every_offset_but_the_last():
+    rf = 6
+    tex = torch.randn(3, 2 * rf - 1, 2 * rf - 1)
+    crops = crop_batch(tex, rf)
+    offs = crop_offsets(rf)
+    assert offs == [0, 1, 2, 3, 4] and crops.shape == (25, 3, rf, rf)
+    for k, (i, j) in enumerate((i, j) for i in offs for j in offs):
+        assert torch.equal(crops[k], tex[:, i : i + rf, j : j + rf])
+    strided = crop_batch(tex, rf, stride=2)
+    assert strided.shape == (9, 3, rf, rf) and torch.equal(strided[4], tex[:, 2 : 2 + rf, 2 : 2 + rf])
+
+
+def test_masked_crops_have_the_requested_rms_norm():
+    param = TextureImage(3, 10, 2.5, generator=torch.Generator().manual_seed(0))
+    crops = crop_batch(param() - 0.5, 10) * param.mask()
+    rms = crops.detach().flatten(1).pow(2).sum(1).mean().sqrt()
+    assert float(rms) == pytest.approx(2.5, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def meis():
+    return {
+        k: dv.mei(cell_network(k), "response", 0, norm=RHO, restarts=2, seed=0)
+        for k in ("complex", "simple", "texture")
+    }
+
+
+@pytest.mark.parametrize("kind", ["complex", "texture"])
+def test_shift_invariant_cells_keep_every_shift_near_the_mei(kind, meis):
+    res = shift_test(cell_network(kind), "response", 0, norm=RHO, mei=meis[kind], seed=0)
+    assert res.activations.shape == (15, 15)
+    assert res.min_ratio > 0.75 and res.mean_ratio > 0.8
+
+
+def test_simple_cell_loses_its_response_under_shifts(meis):
+    res = shift_test(cell_network("simple"), "response", 0, norm=RHO, mei=meis["simple"], seed=0)
+    assert res.min_ratio < 0.2 and res.mean_ratio < 0.35
+
+
+def test_learned_window_changes_shape_and_result_is_saved(meis, tmp_path):
+    res = shift_test(
+        cell_network("complex"),
+        "response",
+        0,
+        norm=RHO,
+        mei=meis["complex"],
+        learn_mask=True,
+        max_iter=60,
+        stride=2,
+    )
+    mp = res.spec["mask_params"]
+    assert (mp["p"], mp["q"], mp["sigma"]) != (2.0, 2.0, 16.0)
+    out = res.save(tmp_path / "shift")
+    for name in ("texture.png", "mask.png", "shift_map.png", "shift.npz", "shift.json"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "shift.json").read_text())
+    assert meta["spec"]["method"] == "shift_test" and meta["spec"]["stride"] == 2
+    assert meta["metrics"]["min_ratio"] == pytest.approx(res.min_ratio)
+    assert res.crops().shape == (64, 3, 16, 16)
+
+
+def test_shift_test_runs_on_real_vgg16_conv2_1(vgg16_paper):
+    mei = dv.mei(vgg16_paper, "conv2_1", 3, restarts=1, max_iter=100)
+    res = shift_test(vgg16_paper, "conv2_1", 3, stride=3, max_iter=40, mei=mei)
+    assert res.activations.shape == (3, 3) and res.spec["texture_size"] == 19
+    assert torch.isfinite(res.activations).all() and res.mean_ratio > 0
+
+
+def test_bad_shift_arguments_are_rejected():
+    net = cell_network("complex")
+    with pytest.raises(dv.DiversevisError, match=r"weight_min must be in \[0, 1\]"):
+        shift_test(net, "response", 0, norm=RHO, weight_min=2.0)
+    with pytest.raises(dv.DiversevisError, match="stride"):
+        shift_test(net, "response", 0, norm=RHO, stride=0)
+    with pytest.raises(dv.DiversevisError, match="MEI"):
+        shift_test(net, "response", 0, norm=RHO, mei=False)
