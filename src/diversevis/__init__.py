@@ -11,9 +11,12 @@ __version__ = "0.1.0"
 from .dfv import diverse, mei
 from .errors import DiversevisError, LayerNotFoundError, ModelNotFoundError
 from .network import LayerInfo, Network, as_network
+from .invariance import Comparison, compare_baselines, participation_ratio, set_metrics
 from .objectives import Target
+from .phase import PhaseResult, grating, modulation_ratio, phase_test
 from .receptive import ReceptiveField
 from .result import Result
+from .shift import ShiftResult, shift_test
 from .zoo import list_models, load_model
 
 __all__ = [
@@ -28,6 +31,16 @@ __all__ = [
     "as_network",
     "diverse",
     "mei",
+    "shift_test",
+    "ShiftResult",
+    "phase_test",
+    "PhaseResult",
+    "grating",
+    "modulation_ratio",
+    "compare_baselines",
+    "Comparison",
+    "participation_ratio",
+    "set_metrics",
     "DiversevisError",
     "LayerNotFoundError",
     "ModelNotFoundError",
