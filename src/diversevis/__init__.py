@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 from .dfv import diverse, mei
 from .errors import DiversevisError, LayerNotFoundError, ModelNotFoundError
-from .network import LayerInfo, Network, as_network
 from .invariance import Comparison, compare_baselines, participation_ratio, set_metrics
+from .network import LayerInfo, Network, as_network
 from .objectives import Target
 from .phase import PhaseResult, grating, modulation_ratio, phase_test
 from .receptive import ReceptiveField
