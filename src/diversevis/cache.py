@@ -26,6 +26,18 @@ def cache_dir() -> Path:
     return path
 
 
+def output_dir(path: str | os.PathLike) -> Path:
+    """Create (if needed) and return an output directory; a clear user error if that is impossible."""
+    from .errors import DiversevisError
+
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DiversevisError(f"cannot create output directory {str(out)!r}: {e.strerror}") from e
+    return out
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
     path = Path(path)

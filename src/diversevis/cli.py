@@ -18,54 +18,27 @@ from .errors import DiversevisError
 EXIT_USAGE = 2
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+def _number(kind: type, check, rule: str):
+    """An argparse ``type=`` that parses ``kind`` and enforces ``check`` (described by ``rule``)."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {s!r}") from None
+        if not check(v):
+            raise argparse.ArgumentTypeError(f"expected {noun} {rule}, got {s}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _unit_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {s}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s}")
-    return v
-
-
-def _nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
-    return v
+_positive_int = _number(int, lambda v: v >= 1, ">= 1")
+_nonneg_int = _number(int, lambda v: v >= 0, ">= 0")
+_positive_float = _number(float, lambda v: v > 0, "> 0")
+_nonneg_float = _number(float, lambda v: v >= 0, ">= 0")
+_unit_float = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

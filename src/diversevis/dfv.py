@@ -29,7 +29,7 @@ from torch import nn
 from .errors import DiversevisError
 from .network import Network, as_network
 from .objectives import DIVERSITIES, Target, diversity_value, pairwise_rms_matrix, target_value
-from .optimize import StepInfo, optimize
+from .optimize import OptimizeResult, StepInfo, optimize
 from .params import PixelImage
 from .receptive import Placement, positions_inside
 from .result import Result
@@ -175,6 +175,50 @@ class Problem:
             else self.net.display_name(self.distance_layer),
         }
 
+    def run_spec(
+        self,
+        method: str,
+        *,
+        contrast: float,
+        norm: float | None,
+        images: str | Path | None,
+        seed: int,
+        opt: OptimizeResult | None = None,
+        **settings: Any,
+    ) -> dict[str, Any]:
+        """The full run spec: method, target and geometry, ``settings``, seed, device, counts, versions."""
+        return _common_spec(
+            method=method,
+            **self.spec(),
+            **settings,
+            contrast=contrast if norm is None else None,
+            seed=seed,
+            device=str(self.net.device),
+            dtype="float32",
+            natural_images=str(images) if images else "bundled",
+            **({} if opt is None else opt.summary()),
+        )
+
+
+def resolve_mei(
+    mei: bool | float | Result | None, compute: Callable[[], Result]
+) -> tuple[Result | None, float | None]:
+    """Interpret a ``mei=`` argument: ``True`` computes it, a :class:`Result` or a number supplies it.
+
+    Returns
+    -------
+    (Result or None, float or None)
+        The MEI result (if there is one) and its activation (``None`` for ``False``/``None``).
+    """
+    if isinstance(mei, Result):
+        return mei, mei.mei_activation
+    if mei is True:
+        res = compute()
+        return res, res.mei_activation
+    if mei is False or mei is None:
+        return None, None
+    return None, float(mei)
+
 
 def _prepare(model, device) -> Network:
     net = as_network(model)
@@ -265,24 +309,19 @@ def mei(
     with torch.no_grad():
         acts = prob.evaluate(opt.images, need_features=False)[0]
     best = int(acts.argmax())
-    spec = _common_spec(
-        method="mei",
-        **prob.spec(),
-        contrast=contrast if norm is None else None,
+    spec = prob.run_spec(
+        "mei",
+        contrast=contrast,
+        norm=norm,
+        images=images,
+        seed=seed,
+        opt=opt,
         restarts=restarts,
         precondition=precondition,
         lr=lr,
         max_iter=max_iter,
         patience=patience,
         ema=ema,
-        seed=seed,
-        device=str(net.device),
-        dtype="float32",
-        natural_images=str(images) if images else "bundled",
-        n_iter=opt.n_iter,
-        best_step=opt.best_step,
-        stopped_early=opt.stopped_early,
-        seconds=round(opt.seconds, 3),
     )
     img = opt.images[best : best + 1].detach().cpu()
     return Result(
@@ -400,12 +439,9 @@ def diverse(
     if distance == "gram" and prob.distance_layer is None:
         raise DiversevisError("gram diversity needs a distance_layer (a feature map), not pixel space")
 
-    mei_res: Result | None = None
-    mei_act: float | None = None
-    if isinstance(mei, Result):
-        mei_res, mei_act = mei, mei.mei_activation
-    elif mei is True:
-        mei_res = _mei(
+    mei_res, mei_act = resolve_mei(
+        mei,
+        lambda: _mei(
             net,
             layer,
             unit,
@@ -422,10 +458,8 @@ def diverse(
             seed=seed,
             images=images,
             progress=progress,
-        )
-        mei_act = mei_res.mei_activation
-    elif mei is not False and mei is not None:
-        mei_act = float(mei)
+        ),
+    )
 
     gen = torch.Generator().manual_seed(seed)
     size = prob.placement.image_size
@@ -461,28 +495,23 @@ def diverse(
     with torch.no_grad():
         acts, feats = prob.evaluate(opt.images)
         dist = pairwise_rms_matrix(feats.flatten(1))
-    spec = _common_spec(
-        method="diverse",
-        **prob.spec(),
+    spec = prob.run_spec(
+        "diverse",
+        contrast=contrast,
+        norm=norm,
+        images=images,
+        seed=seed,
+        opt=opt,
         n_images=n_images,
         diversity=diversity,
         distance=distance,
         tau=tau if distance == "softmin" else None,
-        contrast=contrast if norm is None else None,
         precondition=precondition,
         lr=lr,
         max_iter=max_iter,
         patience=patience,
         ema=ema,
-        seed=seed,
-        device=str(net.device),
-        dtype="float32",
         mei_restarts=mei_restarts if mei is True else None,
-        natural_images=str(images) if images else "bundled",
-        n_iter=opt.n_iter,
-        best_step=opt.best_step,
-        stopped_early=opt.stopped_early,
-        seconds=round(opt.seconds, 3),
         mei_seconds=None if mei_res is None else mei_res.spec.get("seconds"),
         mei_n_iter=None if mei_res is None else mei_res.spec.get("n_iter"),
     )

@@ -30,9 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, output_dir
 from .dfv import Problem, _common_spec, _prepare, diverse, mei
-from .errors import DiversevisError
 from .network import Network
 from .objectives import pairwise_rms_matrix
 from .result import Result, image_grid
@@ -233,11 +232,7 @@ class Comparison:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``comparison.png``, ``comparison.md``, ``sets.npz`` and ``comparison.json`` (last)."""
-        out = Path(directory)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DiversevisError(f"cannot create output directory {str(out)!r}: {e.strerror}") from e
+        out = output_dir(directory)
         atomic_write_bytes(out / "comparison.png", self.figure())
         atomic_write_text(out / "comparison.md", self.markdown())
         buf = io.BytesIO()

@@ -75,6 +75,15 @@ class OptimizeResult:
     history: np.ndarray
     seconds: float
 
+    def summary(self) -> dict[str, int | bool | float]:
+        """The run's counts and timing, for run specs."""
+        return {
+            "n_iter": self.n_iter,
+            "best_step": self.best_step,
+            "stopped_early": self.stopped_early,
+            "seconds": round(self.seconds, 3),
+        }
+
 
 def optimize(
     param: nn.Module,

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .cache import atomic_write_bytes, atomic_write_json
+from .cache import atomic_write_bytes, atomic_write_json, output_dir
 from .dfv import Problem, _common_spec, _prepare
 from .errors import DiversevisError
 from .network import Network
@@ -298,11 +298,7 @@ class PhaseResult:
             import matplotlib  # noqa: F401
         except ImportError:
             raise DiversevisError("phase plots need matplotlib: pip install matplotlib") from None
-        out = Path(directory)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DiversevisError(f"cannot create output directory {str(out)!r}: {e.strerror}") from e
+        out = output_dir(directory)
         atomic_write_bytes(out / "phase.png", self.plot())
         curves = {
             "orientations": self.orientations,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import atomic_write_bytes, atomic_write_json
+from .cache import atomic_write_bytes, atomic_write_json, output_dir
 from .errors import DiversevisError
 
 __all__ = ["Result", "image_grid"]
@@ -114,11 +114,7 @@ class Result:
     # ------------------------------------------------------------------ I/O
     def save(self, directory: str | Path) -> Path:
         """Write ``grid.png``, ``images.npz`` and ``result.json`` (last) into ``directory``."""
-        out = Path(directory)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DiversevisError(f"cannot create output directory {str(out)!r}: {e.strerror}") from e
+        out = output_dir(directory)
         labels = _labels(self)
         mei = None if self.mei_image is None else self.mei_image[None]
         title = _title(self.spec)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cache import atomic_write_bytes, atomic_write_json
-from .dfv import Problem, _common_spec, _prepare
+from .cache import atomic_write_bytes, atomic_write_json, output_dir
+from .dfv import Problem, _prepare, resolve_mei
 from .dfv import mei as compute_mei
 from .errors import DiversevisError
 from .network import Network
@@ -240,11 +240,7 @@ class ShiftResult:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``texture.png``, ``mask.png``, ``shift_map.png``, ``shift.npz`` and ``shift.json`` (last)."""
-        out = Path(directory)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DiversevisError(f"cannot create output directory {str(out)!r}: {e.strerror}") from e
+        out = output_dir(directory)
         title = f"{self.spec.get('model')} {self.spec.get('layer')} unit {self.spec.get('unit')}: shift test"
         atomic_write_bytes(
             out / "texture.png",
@@ -378,11 +374,9 @@ def shift_test(
     if rf < 3:
         raise DiversevisError(f"the shift test needs a receptive field of at least 3 px; {layer!r} has {rf}")
 
-    mei_res: Result | None = None
-    if isinstance(mei, Result):
-        mei_res, mei_act = mei, mei.mei_activation
-    elif mei is True:
-        mei_res = compute_mei(
+    mei_res, mei_act = resolve_mei(
+        mei,
+        lambda: compute_mei(
             net,
             layer,
             unit,
@@ -393,14 +387,12 @@ def shift_test(
             precondition=precondition_grad,
             seed=seed,
             progress=progress,
-        )
-        mei_act = mei_res.mei_activation
-    elif mei is False or mei is None:
+        ),
+    )
+    if mei_act is None:
         raise DiversevisError(
             "the shift test reports ratios to the MEI: give mei=True, an activation or a Result"
         )
-    else:
-        mei_act = float(mei)
     if not mei_act or mei_act <= 0:
         raise DiversevisError(f"the unit's MEI activation is {mei_act}; ratios need a positive MEI")
 
@@ -433,30 +425,25 @@ def shift_test(
     with torch.no_grad():
         acts = crop_values(opt.images)
     n = len(crop_offsets(rf, stride))
-    spec = _common_spec(
-        method="shift_test",
-        **prob.spec(),
+    spec = prob.run_spec(
+        "shift_test",
+        contrast=contrast,
+        norm=norm,
+        images=images,
+        seed=seed,
+        opt=opt,
         weight_min=weight_min,
         learn_mask=learn_mask,
         mask_params=param.mask_params(),
         stride=stride,
         n_crops=n * n,
         texture_size=2 * rf - 1,
-        contrast=contrast if norm is None else None,
         precondition=precondition_grad,
         lr=lr,
         max_iter=max_iter,
         patience=patience,
         ema=ema,
-        seed=seed,
-        device=str(net.device),
-        dtype="float32",
         mei_restarts=mei_restarts if mei is True else None,
-        natural_images=str(images) if images else "bundled",
-        n_iter=opt.n_iter,
-        best_step=opt.best_step,
-        stopped_early=opt.stopped_early,
-        seconds=round(opt.seconds, 3),
         mei_seconds=None if mei_res is None else mei_res.spec.get("seconds"),
     )
     return ShiftResult(
