@@ -242,10 +242,12 @@ class ShiftResult:
         """Write ``texture.png``, ``mask.png``, ``shift_map.png``, ``shift.npz`` and ``shift.json`` (last)."""
         out = output_dir(directory)
         title = f"{self.spec.get('model')} {self.spec.get('layer')} unit {self.spec.get('unit')}: shift test"
+        # show the part the crops cover (the last row and column of the 2 rf - 1 texture are in no crop)
+        used = crop_offsets(self.spec["image_size"], self.spec["stride"])[-1] + self.spec["image_size"]
         atomic_write_bytes(
             out / "texture.png",
             image_grid(
-                self.texture[None],
+                self.texture[None, :, :used, :used],
                 [f"mean {self.mean_ratio:.0%}, min {self.min_ratio:.0%} of MEI"],
                 title=title,
                 mei=None if self.mei_image is None else self.mei_image[None],
