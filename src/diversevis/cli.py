@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -247,6 +248,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=_positive_int, default=1000, help="maximum iterations (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     _add_out_args(p)
+
+    p = sub.add_parser(
+        "sweep",
+        help="DFV, MEI and phase test (optionally shift test) for many units; resumable",
+        description="Characterise all (or some) units of several layers. Units are optimised in batches; each "
+        "finished unit is recorded in DIR/index.sqlite, so a rerun resumes where a killed one stopped.",
+    )
+    _add_model_args(p)
+    p.add_argument("--layers", required=True, help="comma-separated layers, e.g. conv1_1,conv2_1")
+    p.add_argument(
+        "--units", default="all", help="all, a range 0-63, a list 1,5,9, or sample:32 (default: all)"
+    )
+    p.add_argument(
+        "--images", "-n", type=_positive_int, default=6, help="images per diverse set (default: 6)"
+    )
+    p.add_argument("--diversity", type=_nonneg_float, default=0.01, help="DFV lambda (default: 0.01)")
+    p.add_argument(
+        "--distance-layer",
+        default="auto",
+        help="auto (previous block's last conv, as the paper), a layer, or pixels (default: auto)",
+    )
+    p.add_argument(
+        "--tests", default="dfv,phase", help="analyses per unit: dfv, phase, shift (default: dfv,phase)"
+    )
+    p.add_argument(
+        "--shift-stride", type=_positive_int, default=1, help="shift-test crop stride (default: 1)"
+    )
+    p.add_argument(
+        "--batch-units", type=_positive_int, default=32, help="units per batched run (default: 32)"
+    )
+    _add_contrast_args(p)
+    p.add_argument("--max-iter", type=_positive_int, default=1000, help="maximum iterations (default: 1000)")
+    p.add_argument("--mei-restarts", type=_positive_int, default=4, help="restarts of each MEI (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--force", action="store_true", help="recompute units that are already done")
+    p.add_argument("--out", "-o", required=True, help="results directory (created, or resumed)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return parser
 
 
@@ -471,6 +509,40 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep import sweep
+
+    net = _load(args)
+    dl = None if args.distance_layer in ("pixels", "none") else args.distance_layer
+    t0 = time.perf_counter()
+    store = sweep(
+        net,
+        [x for x in args.layers.split(",") if x],
+        args.units,
+        out=args.out,
+        n_images=args.images,
+        diversity=args.diversity,
+        distance_layer=dl,
+        tests=[t for t in args.tests.split(",") if t],
+        shift_stride=args.shift_stride,
+        batch_units=args.batch_units,
+        contrast=args.contrast,
+        max_iter=args.max_iter,
+        mei_restarts=args.mei_restarts,
+        seed=args.seed,
+        force=args.force,
+        images=args.naturals,
+        progress=not args.quiet,
+    )
+    rows = store.rows()
+    print(f"{len(rows)} units done in {args.out} ({time.perf_counter() - t0:.1f}s this run)")
+    for layer in store.layers():
+        rs = [r for r in rows if r["layer"] == layer]
+        print(f"  {layer}: {len(rs)} units")
+    store.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diversevis`` console script; returns the exit status."""
     parser = build_parser()
@@ -483,6 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "shift-test": _cmd_shift,
         "phase-test": _cmd_phase,
         "analyze": _cmd_analyze,
+        "sweep": _cmd_sweep,
     }
     try:
         return handlers[args.command](args)

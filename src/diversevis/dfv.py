@@ -29,12 +29,12 @@ from torch import nn
 from .errors import DiversevisError
 from .network import Network, as_network
 from .objectives import DIVERSITIES, Target, diversity_value, pairwise_rms_matrix, target_value
-from .optimize import OptimizeResult, StepInfo, optimize
+from .optimize import OptimizeResult, StepInfo, optimize, optimize_groups
 from .params import PixelImage
 from .receptive import Placement, positions_inside
 from .result import Result
 
-__all__ = ["diverse", "mei", "Problem"]
+__all__ = ["diverse", "mei", "diverse_units", "mei_units", "Problem"]
 
 
 def versions() -> dict[str, str]:
@@ -137,13 +137,19 @@ class Problem:
         self, images: torch.Tensor, need_features: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Target values ``(N,)`` and distance-space features ``(N, K, h, w)`` (or ``None``)."""
+        a, feats = self.read(images, need_features)
+        return target_value(a, self.direction, self.target.metric), feats
+
+    def read(
+        self, images: torch.Tensor, need_features: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """All channels ``(N, K)`` of the read-out position, and the distance-space features (or ``None``)."""
         layers = [self.target.layer]
         if need_features and self.distance_layer is not None:
             layers.append(self.distance_layer)
         acts = self.net.activations(self.canvas(images), layers)
         i = self.placement.unit_index
         a = acts[self.target.layer][:, :, i, i]
-        p = target_value(a, self.direction, self.target.metric)
         feats = None
         if need_features:
             if self.distance_layer is None:
@@ -151,7 +157,7 @@ class Problem:
             else:
                 rs, cs = self.distance_slice
                 feats = torch.relu(acts[self.distance_layer][:, :, rs, cs])
-        return p, feats
+        return a, feats
 
     def spec(self) -> dict[str, Any]:
         """The geometry and target part of a run spec."""
@@ -524,3 +530,268 @@ def diverse(
         mei_activation=mei_act,
         mei_image=None if mei_res is None else mei_res.mei_image,
     )
+
+
+def _check_units(net: Network, layer: str, units: Sequence[int]) -> list[int]:
+    units = [int(u) for u in units]
+    if not units:
+        raise DiversevisError("give at least one unit")
+    if len(set(units)) != len(units):
+        raise DiversevisError("units must be distinct")
+    channels = net.channels(layer)
+    for u in units:
+        Target(layer, u).check(channels)
+    return units
+
+
+def _seeded_images(groups: int, n: int, channels: int, size: int, seed: int) -> torch.Tensor:
+    """The initial raw images of ``groups`` runs that each start like a single run with ``seed``."""
+    one = torch.randn(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
+    return one.repeat(groups, 1, 1, 1)
+
+
+def mei_units(
+    model: Network | nn.Module | str,
+    layer: str,
+    units: Sequence[int],
+    *,
+    restarts: int = 4,
+    contrast: float = 0.5,
+    norm: float | None = None,
+    precondition: bool = True,
+    lr: float = 1.0,
+    max_iter: int = 1000,
+    patience: int = 100,
+    ema: float = 0.9,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    images: str | Path | None = None,
+    progress: bool = False,
+) -> list[Result]:
+    """:func:`mei` of many units of one layer, optimised together in one batch.
+
+    Each unit's restarts form a group with its own early stopping and the same initial images as
+    ``mei(model, layer, unit, seed=seed)``, so the results match the one-unit path.
+
+    Returns
+    -------
+    list of Result
+        One per unit, in the order given.
+    """
+    net = _prepare(model, device)
+    units = _check_units(net, layer, units)
+    prob = Problem.build(
+        net,
+        layer,
+        units[0],
+        None,
+        "max",
+        contrast=contrast,
+        norm=norm,
+        distance_layer=None,
+        images_folder=images,
+    )
+    G, R, size = len(units), restarts, prob.placement.image_size
+    param = PixelImage(G * R, net.in_channels, size, prob.norm, precondition=precondition, device=net.device)
+    with torch.no_grad():
+        param.raw.copy_(_seeded_images(G, R, net.in_channels, size, seed))
+    uidx = torch.tensor(units, device=net.device).repeat_interleave(R)
+    rows = torch.arange(G * R, device=net.device)
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        a, _ = prob.read(x, need_features=False)
+        return -a[rows, uidx].view(G, R).mean(1)
+
+    runs = optimize_groups(
+        param,
+        loss_fn,
+        groups=G,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        progress=progress,
+        desc=f"MEI {net.display_name(layer)} x{G}",
+    )
+    out = []
+    for u, opt in zip(units, runs):
+        with torch.no_grad():
+            a, _ = prob.read(opt.images, need_features=False)
+        acts = a[:, u]
+        best = int(acts.argmax())
+        spec = prob.run_spec(
+            "mei",
+            contrast=contrast,
+            norm=norm,
+            images=images,
+            seed=seed,
+            opt=opt,
+            restarts=R,
+            precondition=precondition,
+            lr=lr,
+            max_iter=max_iter,
+            patience=patience,
+            ema=ema,
+            batched_units=G,
+        )
+        spec["unit"] = u
+        img = opt.images[best : best + 1].detach().cpu()
+        out.append(
+            Result(
+                images=img,
+                activations=acts[best : best + 1].detach().cpu(),
+                distances=torch.zeros(1, 1),
+                loss_history=opt.history,
+                spec=spec,
+                mei_activation=float(acts[best]),
+                mei_image=img[0],
+                extra={"restart_activations": [float(v) for v in acts]},
+            )
+        )
+    return out
+
+
+def diverse_units(
+    model: Network | nn.Module | str,
+    layer: str,
+    units: Sequence[int],
+    *,
+    n_images: int = 6,
+    diversity: float = 0.01,
+    distance_layer: str | None = None,
+    distance: str = "min",
+    tau: float = 0.1,
+    contrast: float = 0.5,
+    norm: float | None = None,
+    precondition: bool = True,
+    lr: float = 1.0,
+    max_iter: int = 1000,
+    patience: int = 100,
+    ema: float = 0.9,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    mei: bool | Sequence[Result] | Sequence[float] = True,
+    mei_restarts: int = 4,
+    images: str | Path | None = None,
+    progress: bool = False,
+) -> list[Result]:
+    """:func:`diverse` for many units of one layer, optimised together in one batch.
+
+    Every unit's ``n_images`` images form a group with its own diversity term and early stopping, and
+    start from the same images as ``diverse(model, layer, unit, seed=seed)``: a sweep is a few large
+    batched runs instead of a Python loop of small ones, with the same results as the one-unit path.
+    Parameters are those of :func:`diverse`; ``mei`` is ``True`` (computed with :func:`mei_units`),
+    ``False``, or one MEI :class:`Result` or activation per unit.
+
+    Returns
+    -------
+    list of Result
+        One per unit, in the order given.
+    """
+    if not isinstance(n_images, int) or n_images < 2:
+        raise DiversevisError(f"n_images must be an int >= 2 for a diverse set, got {n_images!r}")
+    if distance not in DIVERSITIES:
+        raise DiversevisError(f"unknown distance {distance!r}; choose one of {', '.join(DIVERSITIES)}")
+    net = _prepare(model, device)
+    units = _check_units(net, layer, units)
+    prob = Problem.build(
+        net,
+        layer,
+        units[0],
+        None,
+        "max",
+        contrast=contrast,
+        norm=norm,
+        distance_layer=distance_layer,
+        images_folder=images,
+    )
+    if distance == "gram" and prob.distance_layer is None:
+        raise DiversevisError("gram diversity needs a distance_layer (a feature map), not pixel space")
+    G, N, size = len(units), n_images, prob.placement.image_size
+    if mei is True:
+        meis = mei_units(
+            net,
+            layer,
+            units,
+            restarts=mei_restarts,
+            norm=prob.norm,
+            precondition=precondition,
+            lr=lr,
+            max_iter=max_iter,
+            patience=patience,
+            ema=ema,
+            seed=seed,
+            images=images,
+            progress=progress,
+        )
+    elif mei is False or mei is None:
+        meis = [None] * G
+    else:
+        meis = list(mei)
+        if len(meis) != G:
+            raise DiversevisError(f"give one MEI per unit ({G}), got {len(meis)}")
+
+    param = PixelImage(G * N, net.in_channels, size, prob.norm, precondition=precondition, device=net.device)
+    with torch.no_grad():
+        param.raw.copy_(_seeded_images(G, N, net.in_channels, size, seed))
+    uidx = torch.tensor(units, device=net.device).repeat_interleave(N)
+    rows = torch.arange(G * N, device=net.device)
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        a, f = prob.read(x, need_features=diversity > 0)
+        loss = -a[rows, uidx].view(G, N).mean(1)
+        if diversity > 0:
+            loss = loss - diversity * diversity_value(f.reshape(G, N, *f.shape[1:]), distance, tau)
+        return loss
+
+    runs = optimize_groups(
+        param,
+        loss_fn,
+        groups=G,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        progress=progress,
+        desc=f"diverse {net.display_name(layer)} x{G}",
+    )
+    out = []
+    for u, opt, m in zip(units, runs, meis):
+        mei_res, mei_act = resolve_mei(m, lambda: None)
+        with torch.no_grad():
+            a, feats = prob.read(opt.images)
+            dist = pairwise_rms_matrix(feats.flatten(1))
+        spec = prob.run_spec(
+            "diverse",
+            contrast=contrast,
+            norm=norm,
+            images=images,
+            seed=seed,
+            opt=opt,
+            n_images=N,
+            diversity=diversity,
+            distance=distance,
+            tau=tau if distance == "softmin" else None,
+            precondition=precondition,
+            lr=lr,
+            max_iter=max_iter,
+            patience=patience,
+            ema=ema,
+            mei_restarts=mei_restarts if mei is True else None,
+            mei_seconds=None if mei_res is None else mei_res.spec.get("seconds"),
+            mei_n_iter=None if mei_res is None else mei_res.spec.get("n_iter"),
+            batched_units=G,
+        )
+        spec["unit"] = u
+        out.append(
+            Result(
+                images=opt.images.detach().cpu(),
+                activations=a[:, u].detach().cpu(),
+                distances=dist.cpu(),
+                loss_history=opt.history,
+                spec=spec,
+                mei_activation=mei_act,
+                mei_image=None if mei_res is None else mei_res.mei_image,
+            )
+        )
+    return out

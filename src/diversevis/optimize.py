@@ -127,6 +127,49 @@ def optimize(
     -------
     OptimizeResult
     """
+    return optimize_groups(
+        param,
+        loss_fn,
+        groups=1,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        check_every=check_every,
+        callbacks=callbacks,
+        progress=progress,
+        desc=desc,
+    )[0]
+
+
+def optimize_groups(
+    param: nn.Module,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    groups: int,
+    lr: float = 1.0,
+    max_iter: int = 1000,
+    patience: int = 100,
+    ema: float = 0.9,
+    check_every: int | None = None,
+    callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
+    progress: bool = False,
+    desc: str = "optimise",
+) -> list[OptimizeResult]:
+    """Optimise ``groups`` independent problems in one batch, each with its own early stopping.
+
+    ``param()`` returns ``groups * M`` images, group ``g`` owning images ``g * M .. (g + 1) * M - 1``;
+    ``loss_fn`` returns one loss per group, ``(groups,)`` (or a scalar when ``groups == 1``), and must
+    make group ``g``'s loss depend only on group ``g``'s images. Adam is elementwise, so each group follows
+    exactly the trajectory it would follow alone; a group whose EMA loss stops improving is *frozen*:
+    its best iterate, loss history and iteration count are final, and the run ends when every group is
+    frozen (or a callback stops it). Frozen groups still ride along in the batch.
+
+    Returns
+    -------
+    list of OptimizeResult
+        One per group (``seconds`` is the wall time of the whole batch).
+    """
     if max_iter < 1:
         raise ValueError("max_iter must be >= 1")
     params = [p for p in param.parameters() if p.requires_grad]
@@ -135,13 +178,16 @@ def optimize(
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 25
     callbacks = list(callbacks)
+    G = groups
 
-    history = torch.empty(max_iter, device=device)
-    ema_t = torch.zeros((), device=device)
-    ema_min = torch.full((), math.inf, device=device)
-    bad = torch.zeros((), dtype=torch.long, device=device)
-    best_loss = torch.full((), math.inf, device=device)
-    best_step = torch.zeros((), dtype=torch.long, device=device)
+    history = torch.empty(max_iter, G, device=device)
+    ema_t = torch.zeros(G, device=device)
+    ema_min = torch.full((G,), math.inf, device=device)
+    bad = torch.zeros(G, dtype=torch.long, device=device)
+    best_loss = torch.full((G,), math.inf, device=device)
+    best_step = torch.zeros(G, dtype=torch.long, device=device)
+    active = torch.ones(G, dtype=torch.bool, device=device)
+    n_iter = torch.full((G,), max_iter, dtype=torch.long, device=device)
     best_images: torch.Tensor | None = None
 
     bar = None
@@ -150,51 +196,70 @@ def optimize(
 
         bar = tqdm(total=max_iter, desc=desc, leave=False, dynamic_ncols=True)
     t0 = time.perf_counter()
-    stopped = False
+    stopped_by_callback = False
     it = 0
     try:
         for it in range(max_iter):
             images = param()
-            loss = loss_fn(images)
+            losses = loss_fn(images).reshape(G)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()
             with torch.no_grad():
-                lt = loss.detach()
+                lt = losses.detach()
                 history[it] = lt
-                better = lt < best_loss
+                grouped = images.detach().reshape(G, -1, *images.shape[1:])
+                better = (lt < best_loss) & active
                 if best_images is None:
-                    best_images = images.detach().clone()
+                    best_images = grouped.clone()
                 else:
-                    best_images = torch.where(better, images.detach(), best_images)
-                best_step = torch.where(better, torch.tensor(it, device=device), best_step)
-                best_loss = torch.minimum(best_loss, lt)
-                ema_t = lt.clone() if it == 0 else ema * ema_t + (1 - ema) * lt
+                    best_images = torch.where(
+                        better.view(G, *([1] * (grouped.dim() - 1))), grouped, best_images
+                    )
+                best_step = torch.where(better, torch.full_like(best_step, it), best_step)
+                best_loss = torch.where(active, torch.minimum(best_loss, lt), best_loss)
+                new_ema = lt.clone() if it == 0 else ema * ema_t + (1 - ema) * lt
+                ema_t = torch.where(active, new_ema, ema_t)
                 improved = ema_t < ema_min
-                ema_min = torch.minimum(ema_min, ema_t)
-                bad = torch.where(improved, torch.zeros_like(bad), bad + 1)
+                ema_min = torch.where(active, torch.minimum(ema_min, ema_t), ema_min)
+                bad = torch.where(active, torch.where(improved, torch.zeros_like(bad), bad + 1), bad)
             opt.step()
             if (it + 1) % check_every == 0 or it == max_iter - 1:
                 if bar is not None:
                     bar.update(it + 1 - bar.n)
-                    bar.set_postfix(loss=f"{float(lt):.4g}")
+                    bar.set_postfix(loss=f"{float(lt.sum()):.4g}", active=int(active.sum()))
                 if callbacks:
-                    info = StepInfo(step=it, loss=float(lt), ema=float(ema_t), images=images.detach())
+                    info = StepInfo(
+                        step=it, loss=float(lt.sum()), ema=float(ema_t.sum()), images=images.detach()
+                    )
                     if any(cb(info) is True for cb in callbacks):
-                        stopped = True
+                        stopped_by_callback = True
                         break
-                if patience > 0 and int(bad) > patience:
-                    stopped = True
-                    break
+                if patience > 0:
+                    done = active & (bad > patience)
+                    if bool(done.any()):
+                        n_iter = torch.where(done, torch.full_like(n_iter, it + 1), n_iter)
+                        active = active & ~done
+                        if not bool(active.any()):
+                            break
     finally:
         if bar is not None:
             bar.close()
-    n_iter = it + 1
-    return OptimizeResult(
-        images=best_images,
-        best_loss=float(best_loss),
-        best_step=int(best_step),
-        n_iter=n_iter,
-        stopped_early=stopped,
-        history=history[:n_iter].cpu().numpy(),
-        seconds=time.perf_counter() - t0,
-    )
+    seconds = time.perf_counter() - t0
+    if stopped_by_callback:
+        n_iter = torch.where(active, torch.full_like(n_iter, it + 1), n_iter)
+    hist = history[: it + 1].cpu().numpy()
+    out = []
+    for g in range(G):
+        n = int(n_iter[g])
+        out.append(
+            OptimizeResult(
+                images=best_images[g],
+                best_loss=float(best_loss[g]),
+                best_step=int(best_step[g]),
+                n_iter=n,
+                stopped_early=stopped_by_callback or n < max_iter or bool(not active[g]),
+                history=hist[:n, g].copy(),
+                seconds=seconds,
+            )
+        )
+    return out

@@ -1,0 +1,161 @@
+"""Sweeps: batched multi-unit optimisation, unit specs, and a store that survives SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import diversevis as dv
+from diversevis.cli import main
+from diversevis.dfv import diverse_units, mei_units
+from diversevis.store import INDEX_NAME, Store
+from diversevis.sweep import auto_distance_layer, parse_units
+
+
+def test_unit_specs():
+    assert parse_units("all", 4) == [0, 1, 2, 3]
+    assert parse_units("0-3,7,5", 10) == [0, 1, 2, 3, 5, 7]
+    s = parse_units("sample:5", 64, seed=1)
+    assert len(s) == 5 and s == sorted(set(s)) and s == parse_units("sample:5", 64, seed=1)
+    for bad, msg in [
+        ("0-70", "out of range"),
+        ("sample:0", "sample"),
+        ("3-1", "before the start"),
+        ("x", "bad units"),
+    ]:
+        with pytest.raises(dv.DiversevisError, match=msg):
+            parse_units(bad, 64)
+
+
+def test_auto_distance_layer_is_the_previous_blocks_last_conv(vgg16_paper):
+    assert auto_distance_layer(vgg16_paper, "conv3_1") == "conv2_2"
+    assert auto_distance_layer(vgg16_paper, "conv2_1") == "conv1_2"
+    assert auto_distance_layer(vgg16_paper, "conv4_2") == "conv3_3"
+    assert auto_distance_layer(vgg16_paper, "conv1_2") is None
+
+
+def test_batched_units_give_the_same_result_as_one_unit_runs(vgg16_paper):
+    kw = dict(n_images=3, diversity=0.5, distance_layer="conv1_2", seed=2, max_iter=60, patience=10)
+    meis = mei_units(vgg16_paper, "conv2_1", [3, 9], restarts=2, seed=2, max_iter=60, patience=10)
+    batch = diverse_units(vgg16_paper, "conv2_1", [3, 9], mei=meis, **kw)
+    for u, b, m in zip([3, 9], batch, meis):
+        single = dv.diverse(vgg16_paper, "conv2_1", u, mei=False, **kw)
+        single_mei = dv.mei(vgg16_paper, "conv2_1", u, restarts=2, seed=2, max_iter=60, patience=10)
+        assert torch.equal(b.images, single.images)  # identical, not just close: Adam is elementwise
+        assert b.spec["n_iter"] == single.spec["n_iter"]  # per-group early stopping matches
+        assert m.mei_activation == single_mei.mei_activation
+        assert b.spec["unit"] == u and b.ratios is not None
+
+
+def _count_done(db: Path) -> int:
+    if not db.is_file():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return con.execute("SELECT COUNT(*) FROM units WHERE status = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sweep_killed_midway_resumes_with_every_unit_exactly_once(tmp_path):
+    out = tmp_path / "sweep"
+    args = [
+        "sweep",
+        "--model",
+        "vgg16-paper",
+        "--layers",
+        "conv1_1",
+        "--units",
+        "0-11",
+        "--batch-units",
+        "2",
+        "--max-iter",
+        "40",
+        "--tests",
+        "dfv",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diversevis", *args],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 240
+    while _count_done(out / INDEX_NAME) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {(r["layer"], r["unit"]): r["finished"] for r in Store(out).rows()}
+    assert 2 <= len(before) < 12, "the sweep should have been killed midway"
+
+    assert main(args) == 0
+    rows = Store(out).rows()
+    assert sorted(r["unit"] for r in rows) == list(range(12))  # every unit, once (primary key)
+    for r in rows:
+        key = (r["layer"], r["unit"])
+        if key in before:
+            assert r["finished"] == before[key]  # finished units were not recomputed
+        folder = out / r["path"]
+        for sub in ("mei", "diverse"):
+            assert (folder / sub / "result.json").is_file() and (folder / sub / "images.npz").is_file()
+    assert not list(out.rglob("*.tmp")), "no half-written files"
+    # a further rerun does nothing
+    assert main(args) == 0
+    assert len(Store(out).rows()) == 12
+
+
+def test_rerun_with_other_settings_is_refused_unless_forced(tmp_path, capsys):
+    out = str(tmp_path / "s")
+    base = [
+        "sweep",
+        "--model",
+        "vgg16-paper",
+        "--layers",
+        "conv1_1",
+        "--units",
+        "0-1",
+        "--max-iter",
+        "20",
+        "--tests",
+        "dfv",
+        "--out",
+        out,
+        "--quiet",
+    ]
+    assert main(base) == 0
+    first = {r["unit"]: r["finished"] for r in Store(out).rows()}
+    assert main([*base[:-3], "--diversity", "0.5", "--out", out, "--quiet"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    time.sleep(1.1)
+    assert main([*base[:-3], "--diversity", "0.5", "--force", "--out", out, "--quiet"]) == 0
+    rows = Store(out).rows()
+    assert len(rows) == 2 and all(r["finished"] != first[r["unit"]] for r in rows)
+    assert rows[0]["spec"]["diverse"]["diversity"] == 0.5
+
+
+def test_bad_results_directories_give_clear_errors(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(dv.DiversevisError, match="is a file"):
+        Store(f, create=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(dv.DiversevisError, match="already contains files"):
+        Store(tmp_path / "other", create=True)
+    with pytest.raises(dv.DiversevisError, match="not a diversevis results directory"):
+        Store(tmp_path / "missing")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / INDEX_NAME).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(dv.DiversevisError, match="not a readable results index"):
+        Store(tmp_path / "corrupt")
