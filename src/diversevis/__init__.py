@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from .dfv import diverse, mei
+from .dfv import diverse, diverse_units, mei, mei_units
 from .errors import DiversevisError, LayerNotFoundError, ModelNotFoundError
 from .invariance import Comparison, compare_baselines, participation_ratio, set_metrics
 from .network import LayerInfo, Network, as_network
@@ -31,6 +31,8 @@ __all__ = [
     "as_network",
     "diverse",
     "mei",
+    "diverse_units",
+    "mei_units",
     "shift_test",
     "ShiftResult",
     "phase_test",
