@@ -1,6 +1,7 @@
 """The ``diversevis`` command.
 
-Subcommands: ``models``, ``layers``, ``diverse``, ``mei``, ``shift-test``, ``phase-test``, ``analyze``.
+Subcommands: ``models``, ``layers``, ``diverse``, ``mei``, ``shift-test``, ``phase-test``, ``analyze``,
+``sweep``, ``report``.
 User errors (unknown model or layer, unit out of range, bad values) print one line
 ``diversevis: error: ...`` and exit with status 2, never a traceback.
 """
@@ -47,7 +48,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--model",
         "-m",
         required=True,
-        help="model spec: vgg16, vgg16-paper, cell:complex, file:PATH, torchvision:NAME[@PATH] "
+        help="model spec: vgg16, vgg16-paper, efficientnet-lite0, cell:complex, file:PATH, torchvision:NAME[@PATH] "
         "(see `diversevis models`)",
     )
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -285,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute units that are already done")
     p.add_argument("--out", "-o", required=True, help="results directory (created, or resumed)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "report",
+        help="static HTML report of a sweep: galleries, sortable metrics, histograms, unit pages",
+        description="Write a self-contained HTML report of a sweep's results directory (no server needed: "
+        "open index.html from disk). Images are referenced by relative paths into DIR, not copied.",
+    )
+    p.add_argument("dir", metavar="DIR", help="results directory of `diversevis sweep --out DIR`")
+    p.add_argument(
+        "--out", "-o", metavar="OUTDIR", default=None, help="report directory (default: DIR/report)"
+    )
     return parser
 
 
@@ -543,6 +555,13 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    print(write_report(args.dir, args.out))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diversevis`` console script; returns the exit status."""
     parser = build_parser()
@@ -556,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "phase-test": _cmd_phase,
         "analyze": _cmd_analyze,
         "sweep": _cmd_sweep,
+        "report": _cmd_report,
     }
     try:
         return handlers[args.command](args)
