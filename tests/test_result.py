@@ -75,3 +75,14 @@ def test_loading_an_incomplete_directory_is_a_clear_error(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(dv.DiversevisError, match="no complete result"):
         dv.Result.load(tmp_path / "half")
+
+
+def test_saved_files_get_normal_permissions(result, tmp_path):
+    import os
+    import stat
+
+    out = result.save(tmp_path / "perm")
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("grid.png", "images.npz", "result.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask
