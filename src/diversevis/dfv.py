@@ -314,14 +314,11 @@ def mei(
     )
     with torch.no_grad():
         acts = prob.evaluate(opt.images, need_features=False)[0]
-    best = int(acts.argmax())
-    spec = prob.run_spec(
-        "mei",
+    settings = dict(
         contrast=contrast,
         norm=norm,
         images=images,
         seed=seed,
-        opt=opt,
         restarts=restarts,
         precondition=precondition,
         lr=lr,
@@ -329,6 +326,16 @@ def mei(
         patience=patience,
         ema=ema,
     )
+    return _mei_result(prob, opt, acts, settings)
+
+
+def _mei_result(
+    prob: Problem, opt: OptimizeResult, acts: torch.Tensor, settings: dict[str, Any], **extra
+) -> Result:
+    """The best restart of an MEI run as a :class:`Result` (shared by :func:`mei` and :func:`mei_units`)."""
+    best = int(acts.argmax())
+    spec = prob.run_spec("mei", opt=opt, **settings)
+    spec.update(extra)
     img = opt.images[best : best + 1].detach().cpu()
     return Result(
         images=img,
@@ -500,14 +507,11 @@ def diverse(
     )
     with torch.no_grad():
         acts, feats = prob.evaluate(opt.images)
-        dist = pairwise_rms_matrix(feats.flatten(1))
-    spec = prob.run_spec(
-        "diverse",
+    settings = dict(
         contrast=contrast,
         norm=norm,
         images=images,
         seed=seed,
-        opt=opt,
         n_images=n_images,
         diversity=diversity,
         distance=distance,
@@ -518,9 +522,30 @@ def diverse(
         patience=patience,
         ema=ema,
         mei_restarts=mei_restarts if mei is True else None,
+    )
+    return _diverse_result(prob, opt, acts, feats, mei_res, mei_act, settings)
+
+
+def _diverse_result(
+    prob: Problem,
+    opt: OptimizeResult,
+    acts: torch.Tensor,
+    feats: torch.Tensor,
+    mei_res: Result | None,
+    mei_act: float | None,
+    settings: dict[str, Any],
+    **extra,
+) -> Result:
+    """A diverse set as a :class:`Result` (shared by :func:`diverse` and :func:`diverse_units`)."""
+    dist = pairwise_rms_matrix(feats.flatten(1))
+    spec = prob.run_spec(
+        "diverse",
+        opt=opt,
+        **settings,
         mei_seconds=None if mei_res is None else mei_res.spec.get("seconds"),
         mei_n_iter=None if mei_res is None else mei_res.spec.get("n_iter"),
     )
+    spec.update(extra)
     return Result(
         images=opt.images.detach().cpu(),
         activations=acts.detach().cpu(),
@@ -613,41 +638,23 @@ def mei_units(
         progress=progress,
         desc=f"MEI {net.display_name(layer)} x{G}",
     )
+    settings = dict(
+        contrast=contrast,
+        norm=norm,
+        images=images,
+        seed=seed,
+        restarts=R,
+        precondition=precondition,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+    )
     out = []
     for u, opt in zip(units, runs):
         with torch.no_grad():
             a, _ = prob.read(opt.images, need_features=False)
-        acts = a[:, u]
-        best = int(acts.argmax())
-        spec = prob.run_spec(
-            "mei",
-            contrast=contrast,
-            norm=norm,
-            images=images,
-            seed=seed,
-            opt=opt,
-            restarts=R,
-            precondition=precondition,
-            lr=lr,
-            max_iter=max_iter,
-            patience=patience,
-            ema=ema,
-            batched_units=G,
-        )
-        spec["unit"] = u
-        img = opt.images[best : best + 1].detach().cpu()
-        out.append(
-            Result(
-                images=img,
-                activations=acts[best : best + 1].detach().cpu(),
-                distances=torch.zeros(1, 1),
-                loss_history=opt.history,
-                spec=spec,
-                mei_activation=float(acts[best]),
-                mei_image=img[0],
-                extra={"restart_activations": [float(v) for v in acts]},
-            )
-        )
+        out.append(_mei_result(prob, opt, a[:, u], settings, unit=u, batched_units=G))
     return out
 
 
@@ -755,43 +762,28 @@ def diverse_units(
         progress=progress,
         desc=f"diverse {net.display_name(layer)} x{G}",
     )
+    settings = dict(
+        contrast=contrast,
+        norm=norm,
+        images=images,
+        seed=seed,
+        n_images=N,
+        diversity=diversity,
+        distance=distance,
+        tau=tau if distance == "softmin" else None,
+        precondition=precondition,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        mei_restarts=mei_restarts if mei is True else None,
+    )
     out = []
     for u, opt, m in zip(units, runs, meis):
         mei_res, mei_act = resolve_mei(m, lambda: None)
         with torch.no_grad():
             a, feats = prob.read(opt.images)
-            dist = pairwise_rms_matrix(feats.flatten(1))
-        spec = prob.run_spec(
-            "diverse",
-            contrast=contrast,
-            norm=norm,
-            images=images,
-            seed=seed,
-            opt=opt,
-            n_images=N,
-            diversity=diversity,
-            distance=distance,
-            tau=tau if distance == "softmin" else None,
-            precondition=precondition,
-            lr=lr,
-            max_iter=max_iter,
-            patience=patience,
-            ema=ema,
-            mei_restarts=mei_restarts if mei is True else None,
-            mei_seconds=None if mei_res is None else mei_res.spec.get("seconds"),
-            mei_n_iter=None if mei_res is None else mei_res.spec.get("n_iter"),
-            batched_units=G,
-        )
-        spec["unit"] = u
         out.append(
-            Result(
-                images=opt.images.detach().cpu(),
-                activations=a[:, u].detach().cpu(),
-                distances=dist.cpu(),
-                loss_history=opt.history,
-                spec=spec,
-                mei_activation=mei_act,
-                mei_image=None if mei_res is None else mei_res.mei_image,
-            )
+            _diverse_result(prob, opt, a[:, u], feats, mei_res, mei_act, settings, unit=u, batched_units=G)
         )
     return out

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .cache import json_default
 from .errors import DiversevisError
 
 __all__ = ["Store", "INDEX_NAME"]
@@ -131,8 +132,8 @@ class Store:
                 (
                     layer,
                     int(unit),
-                    json.dumps(metrics, default=_default),
-                    json.dumps(spec, default=_default),
+                    json.dumps(metrics, default=json_default),
+                    json.dumps(spec, default=json_default),
                     path,
                     seconds,
                     now,
@@ -193,20 +194,3 @@ class Store:
                 yield
         except sqlite3.DatabaseError as e:
             raise DiversevisError(f"results index {str(self.root / INDEX_NAME)!r}: {e}") from e
-
-
-def _default(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
