@@ -1,7 +1,7 @@
 """The ``diversevis`` command.
 
 Subcommands: ``models``, ``layers``, ``diverse``, ``mei``, ``shift-test``, ``phase-test``, ``analyze``,
-``sweep``, ``report``.
+``sweep``, ``report``, ``compare``.
 User errors (unknown model or layer, unit out of range, bad values) print one line
 ``diversevis: error: ...`` and exit with status 2, never a traceback.
 """
@@ -297,6 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", "-o", metavar="OUTDIR", default=None, help="report directory (default: DIR/report)"
     )
+
+    p = sub.add_parser(
+        "compare",
+        help="compare two sweeps (two networks) at receptive-field-matched layers",
+        description="Pair the layers of two sweep stores by receptive-field size and compare their invariance "
+        "indices (F1/F0, shift test, DFV ratio): compare.md, compare.png, compare.json.",
+    )
+    p.add_argument("dir_a", metavar="DIR_A", help="first sweep store")
+    p.add_argument("dir_b", metavar="DIR_B", help="second sweep store")
+    p.add_argument(
+        "--max-ratio",
+        type=_positive_float,
+        default=1.5,
+        help="largest RF size ratio for a layer pair (default: 1.5)",
+    )
+    p.add_argument("--out", "-o", default=None, help="output directory (default: DIR_A/compare-<DIR_B name>)")
     return parser
 
 
@@ -562,6 +578,16 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .compare import compare_stores
+
+    cmp = compare_stores(args.dir_a, args.dir_b, max_ratio=args.max_ratio)
+    out = cmp.save(args.out or Path(args.dir_a) / f"compare-{Path(args.dir_b).resolve().name}")
+    print(cmp.markdown())
+    print(f"wrote {out / 'compare.png'}, {out / 'compare.md'}, {out / 'compare.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diversevis`` console script; returns the exit status."""
     parser = build_parser()
@@ -576,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "analyze": _cmd_analyze,
         "sweep": _cmd_sweep,
         "report": _cmd_report,
+        "compare": _cmd_compare,
     }
     try:
         return handlers[args.command](args)
