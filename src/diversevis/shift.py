@@ -375,6 +375,10 @@ def shift_test(
     rf = prob.placement.image_size
     if rf < 3:
         raise DiversevisError(f"the shift test needs a receptive field of at least 3 px; {layer!r} has {rf}")
+    if len(crop_offsets(rf, stride)) < 2:
+        raise DiversevisError(
+            f"stride {stride} leaves a single crop for a {rf}px receptive field; use a stride <= {max(1, (rf - 2) // 2)}"
+        )
 
     mei_res, mei_act = resolve_mei(
         mei,
