@@ -107,3 +107,5 @@ def test_bad_shift_arguments_are_rejected():
         shift_test(net, "response", 0, norm=RHO, stride=0)
     with pytest.raises(dv.DiversevisError, match="MEI"):
         shift_test(net, "response", 0, norm=RHO, mei=False)
+    with pytest.raises(dv.DiversevisError, match="single crop"):
+        shift_test(net, "response", 0, norm=RHO, stride=15, mei=1.0)

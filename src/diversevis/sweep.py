@@ -284,9 +284,9 @@ def _run_chunk(
         if "shift" in tests:
             from .shift import shift_test
 
-            st = shift_test(
-                net, layer, u, contrast=contrast, stride=shift_stride, seed=seed, mei=m, images=images
-            )
+            # at least two crop offsets per axis, whatever the requested stride
+            stride = max(1, min(shift_stride, (m.spec["image_size"] - 2) // 2))
+            st = shift_test(net, layer, u, contrast=contrast, stride=stride, seed=seed, mei=m, images=images)
             st.save(folder / "shift")
             metrics.update(shift_mean_ratio=st.mean_ratio, shift_min_ratio=st.min_ratio)
         store.record(name, u, metrics, spec, seconds=per_unit + time.perf_counter() - t1)
