@@ -78,3 +78,27 @@ def test_check_every_delays_stopping_but_not_the_best_iterate():
     res7 = optimize(Scalar(), lambda x: (x - 3).pow(2).sum(), max_iter=300, patience=10, check_every=7)
     assert res7.n_iter >= res1.n_iter and res7.n_iter - res1.n_iter < 7
     assert res7.best_loss <= res1.best_loss
+
+
+def test_groups_stop_independently():
+    from diversevis.optimize import optimize_groups
+
+    class Four(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.x = nn.Parameter(torch.zeros(4, 1, 1, 1))
+
+        def forward(self) -> torch.Tensor:
+            return self.x
+
+    # group 0 (images 0-1) has a constant loss and freezes after patience + 2 iterations; group 1 keeps improving
+    res = optimize_groups(
+        Four(),
+        lambda x: torch.stack([0 * x[:2].sum() + 1.0, (x[2:] - 50).pow(2).sum()]),
+        groups=2,
+        max_iter=60,
+        patience=5,
+    )
+    assert (res[0].n_iter, res[0].stopped_early, len(res[0].history)) == (7, True, 7)
+    assert (res[1].n_iter, res[1].stopped_early) == (60, False)
+    assert res[1].images.shape == (2, 1, 1, 1) and float(res[1].images.mean()) > 10  # moved towards 50
