@@ -226,7 +226,10 @@ def optimize_groups(
             if (it + 1) % check_every == 0 or it == max_iter - 1:
                 if bar is not None:
                     bar.update(it + 1 - bar.n)
-                    bar.set_postfix(loss=f"{float(lt.sum()):.4g}", active=int(active.sum()))
+                    post = {"loss": f"{float(lt.sum()):.4g}"}
+                    if G > 1:
+                        post["active"] = int(active.sum())
+                    bar.set_postfix(post, refresh=False)  # tqdm's own mininterval limits redraws
                 if callbacks:
                     info = StepInfo(
                         step=it, loss=float(lt.sum()), ema=float(ema_t.sum()), images=images.detach()
