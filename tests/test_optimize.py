@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -102,3 +103,38 @@ def test_groups_stop_independently():
     assert (res[0].n_iter, res[0].stopped_early, len(res[0].history)) == (7, True, 7)
     assert (res[1].n_iter, res[1].stopped_early) == (60, False)
     assert res[1].images.shape == (2, 1, 1, 1) and float(res[1].images.mean()) > 10  # moved towards 50
+
+
+def test_compact_drops_frozen_groups_from_the_batch_without_changing_results():
+    from diversevis.optimize import optimize_groups
+
+    class Rows(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.x = nn.Parameter(torch.linspace(-1, 1, 6).view(6, 1, 1, 1))
+            self.register_buffer("scale", torch.arange(1.0, 7.0))  # per-row buffer, sliced with the rows
+
+        def forward(self) -> torch.Tensor:
+            return self.x * self.scale.view(-1, 1, 1, 1)
+
+    targets = torch.tensor([0.0, 3.0, -7.0])
+    batch_sizes: list[int] = []
+
+    def per_group(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        # group 0's loss is constant: it freezes first; groups 1 and 2 keep improving for a while
+        t = targets[groups].view(-1, 1)
+        loss = (x.view(-1, 2) - t).pow(2).sum(1)
+        return torch.where(groups == 0, 0 * loss + 1.0, loss)
+
+    def compacted(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        batch_sizes.append(len(x))
+        return per_group(x, groups)
+
+    kw = dict(groups=3, max_iter=80, patience=5, lr=0.1)
+    full = optimize_groups(Rows(), lambda x: per_group(x, torch.arange(3)), **kw)
+    small = optimize_groups(Rows(), compacted, compact=True, **kw)
+    assert batch_sizes[0] == 6 and min(batch_sizes) < 6  # group 0 left the batch once frozen
+    for a, b in zip(full, small):
+        assert torch.equal(a.images, b.images)
+        assert (a.n_iter, a.best_step) == (b.n_iter, b.best_step)
+        np.testing.assert_array_equal(a.history, b.history)

@@ -620,12 +620,12 @@ def mei_units(
     param = PixelImage(G * R, net.in_channels, size, prob.norm, precondition=precondition, device=net.device)
     with torch.no_grad():
         param.raw.copy_(_seeded_images(G, R, net.in_channels, size, seed))
-    uidx = torch.tensor(units, device=net.device).repeat_interleave(R)
-    rows = torch.arange(G * R, device=net.device)
+    unit_t = torch.tensor(units, device=net.device)
 
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+    def loss_fn(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         a, _ = prob.read(x, need_features=False)
-        return -a[rows, uidx].view(G, R).mean(1)
+        uidx = unit_t[groups].repeat_interleave(R)
+        return -a[torch.arange(len(x), device=x.device), uidx].view(-1, R).mean(1)
 
     runs = optimize_groups(
         param,
@@ -637,6 +637,7 @@ def mei_units(
         ema=ema,
         progress=progress,
         desc=f"MEI {net.display_name(layer)} x{G}",
+        compact=True,
     )
     settings = dict(
         contrast=contrast,
@@ -741,14 +742,14 @@ def diverse_units(
     param = PixelImage(G * N, net.in_channels, size, prob.norm, precondition=precondition, device=net.device)
     with torch.no_grad():
         param.raw.copy_(_seeded_images(G, N, net.in_channels, size, seed))
-    uidx = torch.tensor(units, device=net.device).repeat_interleave(N)
-    rows = torch.arange(G * N, device=net.device)
+    unit_t = torch.tensor(units, device=net.device)
 
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+    def loss_fn(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         a, f = prob.read(x, need_features=diversity > 0)
-        loss = -a[rows, uidx].view(G, N).mean(1)
+        uidx = unit_t[groups].repeat_interleave(N)
+        loss = -a[torch.arange(len(x), device=x.device), uidx].view(-1, N).mean(1)
         if diversity > 0:
-            loss = loss - diversity * diversity_value(f.reshape(G, N, *f.shape[1:]), distance, tau)
+            loss = loss - diversity * diversity_value(f.reshape(-1, N, *f.shape[1:]), distance, tau)
         return loss
 
     runs = optimize_groups(
@@ -761,6 +762,7 @@ def diverse_units(
         ema=ema,
         progress=progress,
         desc=f"diverse {net.display_name(layer)} x{G}",
+        compact=True,
     )
     settings = dict(
         contrast=contrast,

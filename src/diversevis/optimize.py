@@ -144,7 +144,7 @@ def optimize(
 
 def optimize_groups(
     param: nn.Module,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor],
     *,
     groups: int,
     lr: float = 1.0,
@@ -155,6 +155,7 @@ def optimize_groups(
     callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
     progress: bool = False,
     desc: str = "optimise",
+    compact: bool = False,
 ) -> list[OptimizeResult]:
     """Optimise ``groups`` independent problems in one batch, each with its own early stopping.
 
@@ -163,7 +164,20 @@ def optimize_groups(
     make group ``g``'s loss depend only on group ``g``'s images. Adam is elementwise, so each group follows
     exactly the trajectory it would follow alone; a group whose EMA loss stops improving is *frozen*:
     its best iterate, loss history and iteration count are final, and the run ends when every group is
-    frozen (or a callback stops it). Frozen groups still ride along in the batch.
+    frozen (or a callback stops it).
+
+    Parameters
+    ----------
+    compact : bool
+        Drop frozen groups from the batch, so late iterations cost only what the groups still running
+        need. Every parameter of ``param`` (and every buffer with the same leading size) must then hold
+        its rows group by group (leading dimension ``active_groups * rows_per_group``); they are sliced
+        in place together with Adam's state, and ``loss_fn`` is called as ``loss_fn(images, groups)``
+        with ``groups`` the ``(B,)`` long tensor of the original indices of the groups in the batch,
+        returning ``(B,)`` losses. Without ``compact`` (default) frozen groups ride along in the batch
+        and ``loss_fn(images)`` is called.
+
+    Other parameters are those of :func:`optimize`.
 
     Returns
     -------
@@ -179,8 +193,12 @@ def optimize_groups(
         check_every = 1 if device.type == "cpu" else 25
     callbacks = list(callbacks)
     G = groups
+    if compact:
+        bad_rows = [tuple(p.shape) for p in params if p.dim() == 0 or p.shape[0] % G]
+        if bad_rows:
+            raise ValueError(f"compact=True needs parameters with groups ({G}) x rows, got shapes {bad_rows}")
 
-    history = torch.empty(max_iter, G, device=device)
+    history = torch.full((max_iter, G), math.nan, device=device)
     ema_t = torch.zeros(G, device=device)
     ema_min = torch.full((G,), math.inf, device=device)
     bad = torch.zeros(G, dtype=torch.long, device=device)
@@ -188,6 +206,7 @@ def optimize_groups(
     best_step = torch.zeros(G, dtype=torch.long, device=device)
     active = torch.ones(G, dtype=torch.bool, device=device)
     n_iter = torch.full((G,), max_iter, dtype=torch.long, device=device)
+    idx = torch.arange(G, device=device)  # original indices of the groups in the batch
     best_images: torch.Tensor | None = None
 
     bar = None
@@ -198,30 +217,37 @@ def optimize_groups(
     t0 = time.perf_counter()
     stopped_by_callback = False
     it = 0
+    lt = torch.zeros(G, device=device)
     try:
         for it in range(max_iter):
             images = param()
-            losses = loss_fn(images).reshape(G)
+            B = len(idx)
+            losses = (loss_fn(images, idx) if compact else loss_fn(images)).reshape(B)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             with torch.no_grad():
                 lt = losses.detach()
-                history[it] = lt
-                grouped = images.detach().reshape(G, -1, *images.shape[1:])
-                better = (lt < best_loss) & active
+                history[it, idx] = lt
+                grouped = images.detach().reshape(B, -1, *images.shape[1:])
+                act = active[idx]
+                better = (lt < best_loss[idx]) & act
                 if best_images is None:
                     best_images = grouped.clone()
                 else:
-                    best_images = torch.where(
-                        better.view(G, *([1] * (grouped.dim() - 1))), grouped, best_images
+                    best_images[idx] = torch.where(
+                        better.view(B, *([1] * (grouped.dim() - 1))), grouped, best_images[idx]
                     )
-                best_step = torch.where(better, torch.full_like(best_step, it), best_step)
-                best_loss = torch.where(active, torch.minimum(best_loss, lt), best_loss)
-                new_ema = lt.clone() if it == 0 else ema * ema_t + (1 - ema) * lt
-                ema_t = torch.where(active, new_ema, ema_t)
-                improved = ema_t < ema_min
-                ema_min = torch.where(active, torch.minimum(ema_min, ema_t), ema_min)
-                bad = torch.where(active, torch.where(improved, torch.zeros_like(bad), bad + 1), bad)
+                best_step[idx] = torch.where(
+                    better, torch.full_like(lt, it, dtype=torch.long), best_step[idx]
+                )
+                best_loss[idx] = torch.where(act, torch.minimum(best_loss[idx], lt), best_loss[idx])
+                new_ema = lt.clone() if it == 0 else ema * ema_t[idx] + (1 - ema) * lt
+                ema_b = torch.where(act, new_ema, ema_t[idx])
+                ema_t[idx] = ema_b
+                improved = ema_b < ema_min[idx]
+                ema_min[idx] = torch.where(act, torch.minimum(ema_min[idx], ema_b), ema_min[idx])
+                bad_b = bad[idx]
+                bad[idx] = torch.where(act, torch.where(improved, torch.zeros_like(bad_b), bad_b + 1), bad_b)
             opt.step()
             if (it + 1) % check_every == 0 or it == max_iter - 1:
                 if bar is not None:
@@ -244,6 +270,8 @@ def optimize_groups(
                         active = active & ~done
                         if not bool(active.any()):
                             break
+                        if compact:
+                            idx = _drop_frozen(param, opt, idx, active[idx])
     finally:
         if bar is not None:
             bar.close()
@@ -266,3 +294,38 @@ def optimize_groups(
             )
         )
     return out
+
+
+def _drop_frozen(
+    param: nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """Slice ``param``'s rows (and Adam's state) to the groups in ``keep``; returns the new ``idx``.
+
+    Each trainable parameter is replaced by a new one holding the kept rows, in the module and in the
+    optimizer, with its Adam moments sliced the same way (the step count is shared, so it carries
+    over); buffers with the parameters' leading size (e.g. per-image norms) are sliced as well.
+    """
+    B = len(idx)
+    group = opt.param_groups[0]
+    sizes: set[int] = set()
+    with torch.no_grad():
+        for mod in param.modules():
+            for name, p in list(mod.named_parameters(recurse=False)):
+                if not p.requires_grad:
+                    continue
+                n_rows = p.shape[0]
+                rows = keep.repeat_interleave(n_rows // B)
+                new = nn.Parameter(p.detach()[rows].clone())
+                setattr(mod, name, new)
+                group["params"] = [new if q is p else q for q in group["params"]]
+                state = opt.state.pop(p, {})
+                opt.state[new] = {
+                    k: v[rows].clone() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n_rows else v
+                    for k, v in state.items()
+                }
+                sizes.add(n_rows)
+        for mod in param.modules():
+            for name, buf in list(mod.named_buffers(recurse=False)):
+                if buf.dim() > 0 and buf.shape[0] in sizes:
+                    setattr(mod, name, buf[keep.repeat_interleave(buf.shape[0] // B)].clone())
+    return idx[keep]
