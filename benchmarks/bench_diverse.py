@@ -14,6 +14,7 @@ numbers of one run with each other, not with another run's). Nothing here assert
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -40,7 +41,7 @@ N_IMAGES = 6
 LAMBDA = 0.01
 DIST_LAYER = "conv2_2"
 SEED = 0
-BIG_BATCHES = (64, 256)
+BIG_BATCHES = (64, 256, 1536)
 
 BWD_ASSUMPTION = (
     "backward FLOPs = forward FLOPs: only the input gradient is computed (weights are frozen, no "
@@ -129,9 +130,12 @@ class Bench:
     preconditioner (backward) and an Adam step on the raw variable.
     """
 
-    def __init__(self, prob: Problem, batch: int, diversity: bool, device: torch.device) -> None:
+    def __init__(
+        self, prob: Problem, batch: int, diversity: bool, device: torch.device, channels_last: bool = False
+    ) -> None:
         self.prob = prob
         self.diversity = diversity
+        self.channels_last = channels_last
         gen = torch.Generator().manual_seed(SEED)
         size = prob.placement.image_size
         self.param = PixelImage(batch, 3, size, prob.norm, precondition=True, generator=gen, device=device)
@@ -139,6 +143,8 @@ class Bench:
         self.device = device
 
     def loss_fn(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         p, f = self.prob.evaluate(x, need_features=True)
         loss = -p.mean()
         if self.diversity:
@@ -378,12 +384,27 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for b in BIG_BATCHES:  # about the same number of images per block (>= 3 steps)
         cases.append(("inner loop (-p.mean())", b, False, max(3, args.steps * N_IMAGES // b)))
+    # the same inner loop in channels_last memory format (weights and activations), batch 64
+    net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    prob_cl = Problem.build(
+        net_cl,
+        LAYER,
+        UNIT,
+        None,
+        "max",
+        contrast=0.5,
+        norm=prob.norm,
+        distance_layer=DIST_LAYER,
+        images_folder=None,
+    )
+    cases.append(("inner loop, channels_last", 64, False, max(3, args.steps * N_IMAGES // 64)))
     steps_res = []
     for label, batch, div, n in cases:
         benches = {}
         for th in threads:
             torch.set_num_threads(th)
-            benches[th] = Bench(prob, batch, div, device)
+            cl = "channels_last" in label
+            benches[th] = Bench(prob_cl if cl else prob, batch, div, device, channels_last=cl)
             benches[th].warm(5 if batch <= 64 else 2)
         per_step: dict[int, list[float]] = {th: [] for th in threads}
         blocks: dict[int, list[float]] = {th: [] for th in threads}
@@ -544,11 +565,11 @@ def main(argv: list[str] | None = None) -> int:
         b256 = {
             t["threads"]: t["median_s"]
             for t in steps_res
-            if t["batch"] == BIG_BATCHES[-1] and t["label"].startswith("inner")
+            if t["batch"] == 256 and t["label"].startswith("inner loop (")
         }
         best_big = min(b256, key=b256.get)
         profs = []
-        for batch, div, n, th in ((N_IMAGES, True, 20, best_b6), (BIG_BATCHES[-1], False, 3, best_big)):
+        for batch, div, n, th in ((N_IMAGES, True, 20, best_b6), (256, False, 3, best_big)):
             torch.set_num_threads(th)
             p = profile_loop(prob, batch, div, n, device)
             p["threads"] = th

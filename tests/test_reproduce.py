@@ -1,0 +1,79 @@
+"""The reproduction study's building blocks: unit classes, distances, resumable steps, the report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from diversevis.errors import DiversevisError
+from diversevis.reproduce import (
+    Section,
+    _pixel_min_distance,
+    _Steps,
+    classify_unit,
+    render_html,
+    render_markdown,
+    reproduce,
+)
+
+
+def test_pixel_distance_is_zero_for_copies_and_sqrt2_for_orthogonal_images():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 8, 8))
+    assert _pixel_min_distance(np.stack([a, a, -a])) == pytest.approx(0.0, abs=1e-12)
+    # two zero-mean images with equal energy and no correlation are sqrt(2) contrasts apart
+    x = np.zeros((2, 1, 2, 2))
+    x[0, 0] = [[1, -1], [1, -1]]
+    x[1, 0] = [[1, 1], [-1, -1]]
+    assert _pixel_min_distance(x) == pytest.approx(math.sqrt(2))
+
+
+@pytest.mark.parametrize(
+    ("metrics", "kind"),
+    [
+        ({"f1_f0": 0.05, "dfv_min_ratio": 0.97, "dfv_pixel_min_distance": 1.2}, "phase-invariant"),
+        ({"f1_f0": 1.6, "dfv_min_ratio": 0.95, "dfv_pixel_min_distance": 0.9}, "deformation-invariant"),
+        ({"f1_f0": 1.6, "dfv_min_ratio": 0.95, "dfv_pixel_min_distance": 0.1}, "selective"),  # copies
+        ({"f1_f0": 1.6, "dfv_min_ratio": 0.6, "dfv_pixel_min_distance": 1.0}, "selective"),  # weak set
+        ({"f1_f0": float("nan"), "dfv_min_ratio": 0.99}, "selective"),  # no grating response
+        ({"f1_f0": 0.05, "dfv_min_ratio": 0.5}, "selective"),
+    ],
+)
+def test_units_are_classified_by_phase_modulation_and_strong_diverse_sets(metrics, kind):
+    assert classify_unit(metrics) == kind
+
+
+def test_finished_steps_are_reused_and_other_settings_recompute(tmp_path):
+    calls = []
+
+    def step():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    first = _Steps(tmp_path, {"seed": 0}).run("a", step, log=lambda s: None)
+    again = _Steps(tmp_path, {"seed": 0}).run("a", step, log=lambda s: None)
+    assert first["value"] == again["value"] == 1 and len(calls) == 1
+    other = _Steps(tmp_path, {"seed": 1}).run("a", step, log=lambda s: None)
+    assert other["value"] == 2
+    saved = json.loads((tmp_path / "steps" / "a.json").read_text())
+    assert saved["config"] == {"seed": 1} and not list((tmp_path / "steps").glob("*.tmp*"))
+
+
+def test_report_renders_tables_verdicts_and_figures_in_markdown_and_html():
+    s = Section("Claim (x)", verdict="partly reproduced", paragraphs=["a **bold** `code` <tag>"])
+    s.tables.append((["k", "v"], [["x", 0.123456], ["y", None]]))
+    s.figures.append(("figures/f.png", "a figure"))
+    md = render_markdown("T", ["intro"], [s])
+    assert "**Verdict: partly reproduced.**" in md and "| x | 0.123 |" in md and "| y | - |" in md
+    assert "![a figure](figures/f.png)" in md
+    html = render_html("T", ["intro"], [s])
+    assert 'class="verdict partly"' in html and "<b>bold</b>" in html and "<code>code</code>" in html
+    assert "&lt;tag&gt;" in html and '<img src="figures/f.png"' in html
+
+
+def test_unknown_preset_names_the_choices(tmp_path):
+    with pytest.raises(DiversevisError, match="quick, standard, full"):
+        reproduce(tmp_path, preset="huge")
