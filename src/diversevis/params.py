@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -126,3 +127,367 @@ class PixelImage(nn.Module):
         if self.use_precondition:
             x = precondition(x)
         return 0.5 + x
+
+
+# ------------------------------------------------------------------------------------------------------
+# Lucid-style parametrisation for deep units: FFT image with a 1/f^d spectrum, colour decorrelation and a
+# constraint to display space (sigmoid, or the paper's fixed L2 norm). Used by ``classic.actmax``.
+# ------------------------------------------------------------------------------------------------------
+
+__all__ += [
+    "fft_frequencies",
+    "fft_spectrum_scale",
+    "FFTImage",
+    "RawImage",
+    "color_covariance",
+    "color_sqrt",
+    "natural_color_matrix",
+    "decorrelate_colors",
+    "straight_through_clamp",
+    "DecorrelatedImage",
+    "CONSTRAINTS",
+]
+
+#: Ways to map an unconstrained image to display space ``[0, 1]`` (see :class:`DecorrelatedImage`).
+CONSTRAINTS = ("sigmoid", "norm")
+
+
+def fft_frequencies(
+    height: int, width: int | None = None, *, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """Radial spatial frequency of every bin of the ``rfft2`` half-spectrum.
+
+    Parameters
+    ----------
+    height, width : int
+        Image size in pixels (``width`` defaults to ``height``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(height, width // 2 + 1)``: ``sqrt(fy^2 + fx^2)`` in cycles per pixel, with ``fy`` from
+        ``fftfreq(height)`` and ``fx`` from ``rfftfreq(width)`` (0 at DC, at most ``sqrt(0.5)``).
+    """
+    width = height if width is None else width
+    fy = torch.fft.fftfreq(height, device=device, dtype=dtype)
+    fx = torch.fft.rfftfreq(width, device=device, dtype=dtype)
+    return torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+
+
+def fft_spectrum_scale(
+    height: int, width: int | None = None, *, decay_power: float = 1.0, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """Amplitude scale of the FFT parametrisation: ``1 / max(|f|, 1 / max(height, width)) ** decay_power``.
+
+    Natural images have amplitude spectra falling off as ``1/|f|``; scaling unit-variance Fourier
+    coefficients by this factor makes the parametrised images (and Adam's steps on them) follow that
+    spectrum. DC gets the value of the lowest non-zero frequency, ``max(height, width) ** decay_power``.
+
+    Parameters
+    ----------
+    height, width : int
+        Image size in pixels.
+    decay_power : float
+        Exponent ``d`` of the ``1/|f|^d`` fall-off (1 = natural-image amplitude spectrum; 0 = white).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(height, width // 2 + 1)`` positive weights for the unshifted ``rfft2`` layout.
+    """
+    width = height if width is None else width
+    f = fft_frequencies(height, width, device=device, dtype=dtype)
+    return 1.0 / torch.clamp(f, min=1.0 / max(height, width)) ** decay_power
+
+
+class FFTImage(nn.Module):
+    """Images parametrised by their Fourier coefficients, scaled by :func:`fft_spectrum_scale`.
+
+    ``forward()`` returns ``irfft2(c * scale, norm="ortho")`` for the complex coefficients ``c``
+    (``(n, channels, height, width // 2 + 1)``, real and imaginary parts drawn from N(0, sd^2)). The
+    output is an unconstrained image around 0 (no colour mixing, no squashing): feed it to
+    :func:`decorrelate_colors` and a constraint (see :class:`DecorrelatedImage`).
+
+    ``scale`` is :func:`fft_spectrum_scale` times the constant that makes coefficients with independent
+    N(0, s^2) real and imaginary parts give pixels of variance exactly ``s^2`` (in expectation), whatever
+    the size and ``decay_power``; so an Adam step of ``lr`` per coefficient changes the pixels by about
+    ``lr`` (Lucid gets a similar effect with an empirical factor 1/4). By Parseval, the pixel variance is
+    ``s^2 / (H W) * (4 * sum_interior scale^2 + sum_edge scale^2)``: an interior column of the half
+    spectrum stands for two full-spectrum columns with power ``2 s^2 scale^2`` each, while ``irfft2``
+    keeps only the Hermitian part (half the power) of the first column and, for even widths, of the last.
+
+    With the orthonormal transform, a single coefficient ``a`` at horizontal frequency ``k`` (``0 < k <
+    width/2``) gives the grating ``2 * scale * |a| * cos(2 pi k x / width + arg a) / sqrt(height * width)``.
+
+    Parameters
+    ----------
+    n, channels, height : int
+        Batch size, channels and height of the images.
+    width : int, optional
+        Width (default ``height``).
+    decay_power : float
+        Spectrum fall-off exponent.
+    sd : float
+        Standard deviation of the initial coefficients.
+    generator : torch.Generator, optional
+        Source of the initialisation.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        channels: int,
+        height: int,
+        width: int | None = None,
+        *,
+        decay_power: float = 1.0,
+        sd: float = 0.01,
+        generator: torch.Generator | None = None,
+        device=None,
+    ) -> None:
+        super().__init__()
+        width = height if width is None else width
+        self.size = (height, width)
+        shape = (n, channels, height, width // 2 + 1, 2)
+        self.spectrum = nn.Parameter((sd * torch.randn(shape, generator=generator)).to(device))
+        half = fft_spectrum_scale(height, width, decay_power=decay_power, dtype=torch.float64)
+        weight = torch.full((width // 2 + 1,), 4.0, dtype=torch.float64)
+        weight[0] = 1.0
+        if width % 2 == 0:
+            weight[-1] = 1.0
+        gain = torch.sqrt((half**2 * weight).sum() / (height * width))
+        self.register_buffer("scale", (half / gain).float().to(device))
+
+    def forward(self) -> torch.Tensor:
+        c = torch.view_as_complex(self.spectrum) * self.scale
+        return torch.fft.irfft2(c, s=self.size, norm="ortho")
+
+
+class RawImage(nn.Module):
+    """Plain pixel parametrisation (the ablation of :class:`FFTImage`): a free ``(n, C, H, W)`` tensor.
+
+    Initialised from N(0, sd^2); ``forward()`` returns it unchanged (an unconstrained image around 0).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        channels: int,
+        height: int,
+        width: int | None = None,
+        *,
+        sd: float = 0.01,
+        generator: torch.Generator | None = None,
+        device=None,
+    ) -> None:
+        super().__init__()
+        width = height if width is None else width
+        self.pixels = nn.Parameter(
+            (sd * torch.randn(n, channels, height, width, generator=generator)).to(device)
+        )
+
+    def forward(self) -> torch.Tensor:
+        return self.pixels
+
+
+def color_covariance(images, *, per_image: bool = True) -> np.ndarray:
+    """Covariance of RGB pixel values over a set of images.
+
+    Parameters
+    ----------
+    images : iterable of numpy.ndarray
+        ``(H, W, 3)`` arrays, display units ``[0, 1]``.
+    per_image : bool
+        ``True``: every image has the same weight (the moments are averaged over images, so one large
+        photo does not dominate); ``False``: all pixels pooled with equal weight.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(3, 3)`` float64 covariance ``E[p p^T] - E[p] E[p]^T`` of the pixel colour ``p`` under the
+        chosen weighting (the mean is the weighted mean over all images, so differences between the
+        images' mean colours count as colour variance too). For a single image this is the population
+        covariance of its pixels.
+    """
+    mean = np.zeros(3)
+    second = np.zeros((3, 3))
+    total = 0.0
+    for img in images:
+        p = np.asarray(img, dtype=np.float64).reshape(-1, 3)
+        w = 1.0 if per_image else float(p.shape[0])
+        mean += w * p.mean(0)
+        second += w * (p.T @ p) / p.shape[0]
+        total += w
+    if total == 0:
+        raise ValueError("need at least one image for a colour covariance")
+    mean /= total
+    second /= total
+    return second - np.outer(mean, mean)
+
+
+def color_sqrt(cov: np.ndarray, method: str = "svd") -> np.ndarray:
+    """A square root ``M`` of a colour covariance, ``M @ M.T == cov``.
+
+    Parameters
+    ----------
+    cov : numpy.ndarray
+        ``(3, 3)`` symmetric positive semi-definite matrix.
+    method : {"svd", "cholesky"}
+        ``"svd"``: ``U diag(sqrt(s))`` from ``cov = U diag(s) U^T`` (columns are the principal colour
+        axes scaled by their SDs, as Lucid's matrix; each axis signed so that its largest entry is
+        positive); ``"cholesky"``: the lower-triangular factor.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(3, 3)`` float64 matrix ``M``; unit-variance uncorrelated colour channels ``z`` become
+        ``M z`` with covariance ``cov``.
+    """
+    cov = np.asarray(cov, dtype=np.float64)
+    if method == "svd":
+        u, s, _ = np.linalg.svd(cov)
+        # fix the sign of each principal axis (largest-magnitude entry positive) for a unique answer
+        signs = np.sign(u[np.abs(u).argmax(0), np.arange(u.shape[1])])
+        return u * signs[None, :] * np.sqrt(np.clip(s, 0.0, None))[None, :]
+    if method == "cholesky":
+        return np.linalg.cholesky(cov)
+    raise ValueError(f"unknown method {method!r}; choose svd or cholesky")
+
+
+def _is_grey(img: np.ndarray) -> bool:
+    return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]))
+
+
+@lru_cache(maxsize=8)
+def _natural_color_matrix(folder: str | None, method: str) -> tuple[tuple[float, ...], ...]:
+    from .naturals import natural_images
+
+    imgs = [im for im in natural_images(folder) if not _is_grey(im)]
+    if not imgs:
+        from .errors import DiversevisError
+
+        raise DiversevisError("colour decorrelation needs colour images; the image set holds only grey ones")
+    m = color_sqrt(color_covariance(imgs), method)
+    m = m / np.linalg.norm(m, axis=0).max()
+    return tuple(tuple(float(v) for v in row) for row in m)
+
+
+def natural_color_matrix(folder=None, *, method: str = "svd") -> torch.Tensor:
+    """Colour-decorrelation matrix measured on natural images.
+
+    The RGB covariance of the natural photographs (:func:`diversevis.naturals.natural_images`: the
+    bundled scikit-image / scikit-learn / matplotlib photos, or ``folder``; grey images are left out, as
+    their channels are identical) is factored by :func:`color_sqrt` and divided by its largest column
+    norm, so that a unit-variance decorrelated channel gives RGB channels of variance at most 1. This
+    replaces the hard-coded ImageNet matrix of Lucid with one that is reproducible from the images
+    the library ships with.
+
+    Parameters
+    ----------
+    folder : str or path-like, optional
+        Image folder (default: the bundled photos).
+    method : {"svd", "cholesky"}
+        Square root used.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(3, 3)`` float32 matrix ``M`` with ``M @ M.T`` proportional to the natural colour covariance.
+    """
+    from .naturals import _resolve_folder
+
+    return torch.tensor(_natural_color_matrix(_resolve_folder(folder), method), dtype=torch.float32)
+
+
+def decorrelate_colors(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Mix decorrelated colour channels into RGB: ``y[:, i] = sum_j matrix[i, j] * x[:, j]``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, 3, H, W)`` images in the decorrelated colour space.
+    matrix : torch.Tensor
+        ``(3, 3)`` colour matrix (e.g. :func:`natural_color_matrix`).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, 3, H, W)`` RGB images (same scale, around 0).
+    """
+    return torch.einsum("ij,njhw->nihw", matrix.to(x), x)
+
+
+def straight_through_clamp(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """Clamp to ``[lo, hi]`` in the forward pass; pass the gradient unchanged (straight-through)."""
+    return x + (x.clamp(lo, hi) - x).detach()
+
+
+class DecorrelatedImage(nn.Module):
+    """Lucid-style image: FFT (or pixel) parametrisation -> colour mixing -> constraint to ``[0, 1]``.
+
+    Parameters
+    ----------
+    n, channels, size : int
+        Number of images, channels and side in pixels.
+    fft : bool
+        Fourier parametrisation with a ``1/|f|^decay_power`` spectrum (:class:`FFTImage`); else free
+        pixels (:class:`RawImage`).
+    color_matrix : torch.Tensor, optional
+        ``(3, 3)`` colour matrix (:func:`natural_color_matrix`); ``None`` = no colour decorrelation.
+    constraint : {"sigmoid", "norm"}
+        ``"sigmoid"``: ``sigmoid(t)`` (grey at ``t = 0``); ``"norm"``: the paper's hard constraint,
+        ``0.5 + norm * t / ||t||`` per image, clamped to ``[0, 1]`` with a straight-through gradient.
+    norm : float, optional
+        L2 norm of each image around grey (display units), for ``constraint="norm"``.
+    decay_power, sd : float
+        Spectrum fall-off and initial SD (see :class:`FFTImage`).
+    generator : torch.Generator, optional
+        Source of the initialisation.
+
+    Calling the module returns display-space images ``(n, channels, size, size)`` in ``[0, 1]``.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        channels: int,
+        size: int,
+        *,
+        fft: bool = True,
+        color_matrix: torch.Tensor | None = None,
+        constraint: str = "sigmoid",
+        norm: float | None = None,
+        decay_power: float = 1.0,
+        sd: float = 0.01,
+        generator: torch.Generator | None = None,
+        device=None,
+    ) -> None:
+        super().__init__()
+        if constraint not in CONSTRAINTS:
+            raise ValueError(f"unknown constraint {constraint!r}; choose one of {', '.join(CONSTRAINTS)}")
+        if constraint == "norm" and not (norm is not None and norm > 0):
+            raise ValueError("constraint='norm' needs a positive norm")
+        if color_matrix is not None and channels != 3:
+            raise ValueError(f"colour decorrelation needs 3 channels, got {channels}")
+        if fft:
+            self.base = FFTImage(
+                n, channels, size, decay_power=decay_power, sd=sd, generator=generator, device=device
+            )
+        else:
+            self.base = RawImage(n, channels, size, sd=sd, generator=generator, device=device)
+        if color_matrix is None:
+            self.color_matrix = None
+        else:
+            self.register_buffer(
+                "color_matrix", torch.as_tensor(color_matrix, dtype=torch.float32).to(device)
+            )
+        self.constraint = constraint
+        self.norm = norm
+
+    def forward(self) -> torch.Tensor:
+        t = self.base()
+        if self.color_matrix is not None:
+            t = decorrelate_colors(t, self.color_matrix)
+        if self.constraint == "sigmoid":
+            return torch.sigmoid(t)
+        return straight_through_clamp(0.5 + fixed_norm(t, self.norm))
