@@ -159,3 +159,22 @@ def test_bad_results_directories_give_clear_errors(tmp_path):
     (tmp_path / "corrupt" / INDEX_NAME).write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(dv.DiversevisError, match="not a readable results index"):
         Store(tmp_path / "corrupt")
+
+
+def test_backend_choices_and_a_missing_ray_give_clear_errors(tmp_path, monkeypatch, capsys):
+    from diversevis.sweep import sweep
+
+    with pytest.raises(dv.DiversevisError, match="unknown backend 'dask'; choose from local, ray"):
+        sweep("cell:simple", ["response"], out=tmp_path / "a", backend="dask")
+    with pytest.raises(dv.DiversevisError, match="need backend='ray'"):
+        sweep("cell:simple", ["response"], out=tmp_path / "a", workers=2)
+    with pytest.raises(SystemExit):
+        main(["sweep", "-m", "cell:simple", "--layers", "response", "--backend", "dask", "--out", "x"])
+    assert "choose from 'local', 'ray'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(dv.DiversevisError, match=r"install diversevis\[ray\]"):
+        sweep("cell:simple", ["response"], out=tmp_path / "a", backend="ray")
+    args = ["sweep", "-m", "cell:simple", "--layers", "response", "--out", str(tmp_path / "b")]
+    assert main([*args, "--backend", "ray"]) == 2
+    assert "install diversevis[ray]" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

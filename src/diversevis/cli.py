@@ -270,8 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sweep",
         help="DFV, MEI and phase test (optionally shift test) for many units; resumable",
-        description="Characterise all (or some) units of several layers. Units are optimised in batches; each "
-        "finished unit is recorded in DIR/index.sqlite, so a rerun resumes where a killed one stopped.",
+        description="Characterise all (or some) units of several layers. Units are optimised in batches "
+        "(chunks of --batch-units); each finished unit is recorded in DIR/index.sqlite, so a rerun resumes "
+        "where a killed one stopped (with either backend). --backend ray runs the chunks in parallel on Ray "
+        "workers (pip install 'diversevis[ray]'): a local Ray instance with --workers CPUs, or the cluster at "
+        "--ray-address (DIR must then be on a file system shared by all nodes). Each worker loads the model "
+        "once and writes its units' folders; only this process writes the index. Results equal the local "
+        "backend's for the same --seed (bit for bit when the local run uses as many torch threads as "
+        "--worker-threads, e.g. OMP_NUM_THREADS=1).",
     )
     _add_model_args(p)
     p.add_argument("--layers", required=True, help="comma-separated layers, e.g. conv1_1,conv2_1")
@@ -294,7 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--shift-stride", type=_positive_int, default=1, help="shift-test crop stride (default: 1)"
     )
     p.add_argument(
-        "--batch-units", type=_positive_int, default=32, help="units per batched run (default: 32)"
+        "--batch-units",
+        type=_positive_int,
+        default=32,
+        help="units per batched run: one chunk, one Ray task with --backend ray (default: 32)",
     )
     _add_contrast_args(p)
     p.add_argument("--max-iter", type=_positive_int, default=1000, help="maximum iterations (default: 1000)")
@@ -302,6 +311,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--force", action="store_true", help="recompute units that are already done")
     p.add_argument("--out", "-o", required=True, help="results directory (created, or resumed)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: chunks one after the other in this process; ray: in parallel on Ray workers "
+        "(default: local)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="ray: workers (chunks in flight) (default: the CPUs Ray sees)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="ray: join this running cluster (e.g. auto or ray://head:10001) instead of starting Ray here",
+    )
+    p.add_argument(
+        "--worker-threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="ray: torch threads per worker (default: 1)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
@@ -584,8 +620,12 @@ def _cmd_analyze(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import sweep
+    from .sweep import _import_ray, sweep
 
+    if args.backend == "ray":
+        _import_ray()  # before loading the model
+    elif args.workers is not None or args.ray_address is not None:
+        raise DiversevisError("--workers and --ray-address need --backend ray")
     net = _load(args)
     dl = None if args.distance_layer in ("pixels", "none") else args.distance_layer
     t0 = time.perf_counter()
@@ -607,6 +647,10 @@ def _cmd_sweep(args) -> int:
         force=args.force,
         images=args.naturals,
         progress=not args.quiet,
+        backend=args.backend,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        worker_threads=args.worker_threads,
     )
     rows = store.rows()
     print(f"{len(rows)} units done in {args.out} ({time.perf_counter() - t0:.1f}s this run)")

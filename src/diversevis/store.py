@@ -8,6 +8,9 @@ Layout of a store directory::
 A unit is recorded as ``done`` only after all its files are written, in one transaction, so a sweep
 killed at any moment leaves finished units intact and unfinished ones absent from the index: the next run
 recomputes exactly those, and ``(layer, unit)`` is the primary key, so no unit is ever recorded twice.
+
+Only one process writes the index (the sweep's driver); the per-unit folders may be written by other
+processes (Ray workers), which find them with :func:`unit_dir` without opening the index.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from .cache import json_default
 from .errors import DiversevisError
 
-__all__ = ["Store", "INDEX_NAME"]
+__all__ = ["Store", "INDEX_NAME", "unit_dir"]
 
 INDEX_NAME = "index.sqlite"
 SCHEMA_VERSION = "1"
@@ -42,6 +45,11 @@ CREATE TABLE IF NOT EXISTS units (
     PRIMARY KEY (layer, unit)
 );
 """
+
+
+def unit_dir(root: str | Path, layer: str, unit: int) -> Path:
+    """Folder of one unit's result files in the store at ``root`` (no index needed: for workers)."""
+    return Path(root) / layer / f"u{int(unit)}"
 
 
 class Store:
@@ -107,7 +115,7 @@ class Store:
     # ----------------------------------------------------------------- units
     def unit_dir(self, layer: str, unit: int) -> Path:
         """Folder of one unit's result files."""
-        return self.root / layer / f"u{unit}"
+        return unit_dir(self.root, layer, unit)
 
     def done(self, layer: str) -> set[int]:
         """Units of ``layer`` recorded as done."""
@@ -123,21 +131,28 @@ class Store:
         seconds: float | None = None,
     ) -> None:
         """Mark a unit done (call after all its files are written). Replaces an earlier record (``--force``)."""
+        self.record_many([(layer, unit, metrics, spec, seconds)])
+
+    def record_many(self, rows: list[tuple[str, int, dict[str, Any], dict[str, Any], float | None]]) -> None:
+        """:meth:`record` several ``(layer, unit, metrics, spec, seconds)`` rows in one transaction."""
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        path = str(self.unit_dir(layer, unit).relative_to(self.root))
+        values = [
+            (
+                layer,
+                int(unit),
+                json.dumps(metrics, default=json_default),
+                json.dumps(spec, default=json_default),
+                str(self.unit_dir(layer, unit).relative_to(self.root)),
+                seconds,
+                now,
+            )
+            for layer, unit, metrics, spec, seconds in rows
+        ]
         with self._tx():
-            self._db.execute(
+            self._db.executemany(
                 "INSERT OR REPLACE INTO units (layer, unit, status, metrics, spec, path, seconds, finished) "
                 "VALUES (?, ?, 'done', ?, ?, ?, ?, ?)",
-                (
-                    layer,
-                    int(unit),
-                    json.dumps(metrics, default=json_default),
-                    json.dumps(spec, default=json_default),
-                    path,
-                    seconds,
-                    now,
-                ),
+                values,
             )
 
     def forget(self, layer: str, units: list[int] | None = None) -> None:
