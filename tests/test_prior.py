@@ -256,3 +256,20 @@ def test_cache_round_trip(tmp_path, monkeypatch):
         load_prior("defualt")
     # changing the config changes the cache file
     assert pr.prior_cache_path("default", tiny.replace(steps=4)) != path
+
+
+def test_diverse_with_the_prior_makes_the_set_more_natural(trained_tiny):
+    import diversevis as dv
+    from diversevis.synthetic import cell_network
+
+    net = cell_network("texture", size=12)
+    kw = dict(n_images=3, diversity=0.1, norm=1.0, mei=False, seed=0, max_iter=150, patience=0)
+    plain = dv.diverse(net, "response", 0, **kw)
+    natural = dv.diverse(net, "response", 0, prior=trained_tiny, prior_weight=3e-3, **kw)
+    with torch.no_grad():
+        nll_plain = float(trained_tiny.nll(plain.images.clamp(0, 1)).mean())
+        nll_prior = float(trained_tiny.nll(natural.images.clamp(0, 1)).mean())
+    assert nll_prior < nll_plain - 0.1  # bits/dim (the fixed image norm bounds how natural it can get)
+    assert natural.spec["prior_weight"] == 3e-3 and len(natural.spec["prior_nll_bits_per_dim"]) == 3
+    with pytest.raises(dv.DiversevisError, match="prior_weight"):
+        dv.diverse(net, "response", 0, prior_weight=-1.0, **kw)
