@@ -19,6 +19,29 @@ from .result import Result
 from .shift import ShiftResult, shift_test
 from .zoo import list_models, load_model
 
+#: Public names imported on first use (``dv.actmax``, ...), so ``import diversevis`` stays light.
+_LAZY = {
+    "actmax": "classic.actmax",
+    "invert": "classic.inversion",
+    "deconvnet": "classic.deconvnet",
+    "deconv_top_patches": "classic.deconvnet",
+    "occlusion": "classic.occlusion",
+    "multifaceted": "classic.multifaceted",
+    "dissect": "classic.dissection",
+    "load_prior": "prior",
+    "train_prior": "prior",
+    "PixelCNNPrior": "prior",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'diversevis' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
     "Network",
@@ -46,4 +69,5 @@ __all__ = [
     "DiversevisError",
     "LayerNotFoundError",
     "ModelNotFoundError",
+    *_LAZY,
 ]
