@@ -10,6 +10,7 @@ import pytest
 
 from diversevis.errors import DiversevisError
 from diversevis.reproduce import (
+    Preset,
     Section,
     _pixel_min_distance,
     _Steps,
@@ -60,6 +61,10 @@ def test_finished_steps_are_reused_and_other_settings_recompute(tmp_path):
     assert other["value"] == 2
     saved = json.loads((tmp_path / "steps" / "a.json").read_text())
     assert saved["config"] == {"seed": 1} and not list((tmp_path / "steps").glob("*.tmp*"))
+    # configs holding tuples (a preset's lambdas) read back as lists and still match
+    _Steps(tmp_path, {"lambdas": (0.0, 0.1)}).run("b", step, log=lambda s: None)
+    _Steps(tmp_path, {"lambdas": (0.0, 0.1)}).run("b", step, log=lambda s: None)
+    assert len(calls) == 3
 
 
 def test_report_renders_tables_verdicts_and_figures_in_markdown_and_html():
@@ -77,3 +82,18 @@ def test_report_renders_tables_verdicts_and_figures_in_markdown_and_html():
 def test_unknown_preset_names_the_choices(tmp_path):
     with pytest.raises(DiversevisError, match="quick, standard, full"):
         reproduce(tmp_path, preset="huge")
+
+
+@pytest.mark.slow
+def test_a_tiny_study_runs_every_step_and_a_rerun_reuses_them(tmp_path):
+    tiny = Preset(1, 1, ("conv2_1",), 12, (0.0, 1.0), 64, max_iter=20, prior_steps=10)
+    reproduce(tmp_path, preset=tiny, progress=False)
+    verdicts = json.loads((tmp_path / "verdicts.json").read_text())
+    assert sum(k.startswith("Claim") for k in verdicts) == 3
+    md = (tmp_path / "report.md").read_text()
+    assert "Natural-image prior" in md and (tmp_path / "report.html").is_file()
+    for fig in (tmp_path / "figures").glob("*.png"):
+        assert fig.stat().st_size > 1000
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "steps").glob("*.json")}
+    reproduce(tmp_path, preset=tiny, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "steps").glob("*.json")} == stamps

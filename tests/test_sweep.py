@@ -178,3 +178,32 @@ def test_backend_choices_and_a_missing_ray_give_clear_errors(tmp_path, monkeypat
     assert main([*args, "--backend", "ray"]) == 2
     assert "install diversevis[ray]" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_unit_no_image_drives_is_flagged_and_its_ratio_tests_skipped(tmp_path):
+    """Unit 1 is a constant -1 (a dead unit): the sweep finishes, flags it, and writes no ratios for it."""
+    conv = torch.nn.Conv2d(3, 2, 5)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, :, 2, :] = 1.0  # unit 0: a horizontal bar detector
+        conv.bias.copy_(torch.tensor([0.0, -1.0]))
+    net = dv.Network(torch.nn.Sequential(conv), name="dead-unit", input_size=5)
+    store = dv.sweep.sweep(
+        net,
+        ["0"],
+        "all",
+        out=tmp_path / "s",
+        n_images=2,
+        tests=("dfv", "phase", "shift"),
+        max_iter=30,
+        mei_restarts=1,
+        progress=False,
+    )
+    rows = {r["unit"]: r for r in store.rows()}
+    store.close()
+    assert set(rows) == {0, 1} and all(r["status"] == "done" for r in rows.values())
+    dead = rows[1]["metrics"]
+    assert dead["unresponsive"] and dead["mei_activation"] <= 0
+    assert "dfv_min_ratio" not in dead and "shift_min_ratio" not in dead and "f1_f0" not in dead
+    live = rows[0]["metrics"]
+    assert "unresponsive" not in live and live["dfv_min_ratio"] > 0.5 and "shift_min_ratio" in live

@@ -41,6 +41,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DEFAULT_SCALES",
     "natural_images",
+    "bundled_photo_files",
     "image_set_id",
     "dataset_mean",
     "sample_patches",
@@ -139,11 +140,13 @@ def _read_image_file(path: Path) -> np.ndarray:
     return _to_display_rgb(arr)
 
 
-def _load_default_set() -> list[tuple[str, np.ndarray]]:
-    """The photos bundled with installed packages that need no download (see :func:`natural_images`)."""
-    out: list[tuple[str, np.ndarray]] = []
+def bundled_photo_files() -> dict[str, Path]:
+    """Label (``skimage:astronaut``) -> file of every bundled photo installed here, in a fixed order.
+
+    The files are located without importing their (optional, slow-to-import) packages.
+    """
+    out: dict[str, Path] = {}
     for label, package, rel_path in _BUNDLED_PHOTOS:
-        # Locate the file without importing the (optional, slow-to-import) package.
         try:
             spec = importlib.util.find_spec(package)
         except (ImportError, ValueError):  # pragma: no cover
@@ -153,11 +156,19 @@ def _load_default_set() -> list[tuple[str, np.ndarray]]:
         for pkg_dir in spec.submodule_search_locations:
             path = Path(pkg_dir) / rel_path
             if path.is_file():
-                try:
-                    out.append((label, _read_image_file(path)))
-                except Exception as exc:  # pragma: no cover - corrupt installation
-                    warnings.warn(f"skipping natural image {label}: {exc}", RuntimeWarning, stacklevel=3)
+                out[label] = path
                 break
+    return out
+
+
+def _load_default_set() -> list[tuple[str, np.ndarray]]:
+    """The photos bundled with installed packages that need no download (see :func:`natural_images`)."""
+    out: list[tuple[str, np.ndarray]] = []
+    for label, path in bundled_photo_files().items():
+        try:
+            out.append((label, _read_image_file(path)))
+        except Exception as exc:  # pragma: no cover - corrupt installation
+            warnings.warn(f"skipping natural image {label}: {exc}", RuntimeWarning, stacklevel=3)
     if not out:  # pragma: no cover - scikit-image is a hard dependency and ships these files
         raise DiversevisError(
             "no bundled natural images could be loaded (expected scikit-image's sample photos); "

@@ -95,7 +95,7 @@ class Preset:
 
 
 PRESETS = {
-    "quick": Preset(3, 2, ("conv2_1", "conv3_1"), 6, (0.0, 0.01, 0.1, 1.0), 2048, prior_steps=400),
+    "quick": Preset(3, 2, ("conv2_1", "conv3_1"), 12, (0.0, 0.01, 0.1, 1.0), 2048, prior_steps=400),
     "standard": Preset(16, 8, ("conv2_1", "conv3_1"), 3, (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), 4096),
     "full": Preset(
         64, 32, ("conv2_1", "conv3_1"), 1, (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0), 8192
@@ -120,7 +120,7 @@ class _Steps:
     def __init__(self, root: Path, config: dict[str, Any]) -> None:
         self.root = root / "steps"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config = config
+        self.config = json.loads(json.dumps(config, default=json_default))  # as it reads back (tuples: lists)
 
     def run(self, name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
         path = self.root / f"{name}.json"
@@ -576,9 +576,7 @@ def reproduce(
     base = steps.run("baselines", lambda: _baselines(out, p, vgg["rows"], seed), log)
     prior = steps.run("prior", lambda: _prior(out, seed, p.max_iter, prior_beta, p.prior_steps), log)
 
-    sections = _sections(
-        out, ref, cells, trade, vgg["rows"], eff["rows"], eff_layers, base["rows"], prior["rows"]
-    )
+    sections = _sections(out, ref, cells, trade, vgg["rows"], eff["rows"], eff_layers, base["rows"], prior)
     total = time.perf_counter() - t_start
     intro = [
         "Reproduction of Cadena et al., *Diverse feature visualizations reveal invariances in early layers of "

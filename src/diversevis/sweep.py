@@ -372,23 +372,27 @@ def _run_chunk(
         m.save(folder / "mei")
         metrics: dict[str, Any] = {"mei_activation": m.mei_activation}
         spec: dict[str, Any] = {"mei": m.spec, "sweep": where}
+        # A unit that no image drives above zero has no meaningful ratios to its MEI: its folder and MEI
+        # are kept, it is flagged, and the tests that divide by the MEI are skipped.
+        responsive = m.mei_activation is not None and m.mei_activation > 0
+        if not responsive:
+            metrics["unresponsive"] = True
         if d is not None:
             d.save(folder / "diverse")
             dm = d.metrics()
-            metrics.update(
-                dfv_mean_ratio=dm["mean_ratio"],
-                dfv_min_ratio=dm["min_ratio"],
-                dfv_min_distance=dm["min_distance"],
-                dfv_mean_distance=dm["mean_distance"],
-            )
+            metrics.update(dfv_min_distance=dm["min_distance"], dfv_mean_distance=dm["mean_distance"])
+            if responsive:
+                metrics.update(dfv_mean_ratio=dm["mean_ratio"], dfv_min_ratio=dm["min_ratio"])
             spec["diverse"] = d.spec
-        if "phase" in tests:
+        if not responsive:
+            spec["skipped"] = "MEI activation <= 0: ratio-based tests skipped"
+        elif "phase" in tests:
             from .phase import phase_test
 
             ph = phase_test(net, layer, u, contrast=contrast, images=images, mei=m)
             ph.save(folder / "phase")
             metrics.update(f1_f0=ph.f1_f0, orientation=ph.orientation, frequency=ph.frequency)
-        if "shift" in tests:
+        if "shift" in tests and responsive:
             from .shift import shift_test
 
             # at least two crop offsets per axis, whatever the requested stride

@@ -8,7 +8,6 @@ read from the installed packages, never downloaded.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import DiversevisError, did_you_mean
-from ..naturals import _BUNDLED_PHOTOS, IMAGE_EXTENSIONS, _read_image_file
+from ..naturals import IMAGE_EXTENSIONS, _read_image_file, bundled_photo_files
 
 __all__ = ["photo_names", "load_photo", "square_resize"]
 
@@ -30,20 +29,7 @@ _EXTRA_NAMES = {
 
 def _bundled_files() -> dict[str, Path]:
     """Short name (``chelsea``) -> file of every bundled photo that is installed."""
-    out: dict[str, Path] = {}
-    for label, package, rel_path in _BUNDLED_PHOTOS:
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):  # pragma: no cover
-            spec = None
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for pkg_dir in spec.submodule_search_locations:
-            path = Path(pkg_dir) / rel_path
-            if path.is_file():
-                out[label.split(":", 1)[1]] = path
-                break
-    return out
+    return {label.split(":", 1)[1]: path for label, path in bundled_photo_files().items()}
 
 
 def photo_names() -> list[str]:

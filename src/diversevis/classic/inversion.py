@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..cache import atomic_write_bytes
@@ -34,6 +33,7 @@ from ..network import Network, as_network
 from ..optimize import StepInfo, optimize
 from ..params import precondition as _precondition
 from ..result import Result, image_grid
+from ._photos import load_photo, photo_names, square_resize
 
 __all__ = [
     "alpha_norm",
@@ -106,18 +106,7 @@ def relative_feature_error(phi: torch.Tensor, phi0: torch.Tensor) -> torch.Tenso
 
 def bundled_image_names() -> list[str]:
     """Short names of the bundled photos usable as ``image`` (``astronaut``, ``chelsea``, ``china``, ...)."""
-    from ..naturals import _image_set
-
-    return [label.split(":", 1)[1] for label, _ in _image_set(None)]
-
-
-def _bundled(name: str) -> np.ndarray | None:
-    from ..naturals import _image_set
-
-    for label, arr in _image_set(None):
-        if name in (label, label.split(":", 1)[1]):
-            return arr
-    return None
+    return photo_names()
 
 
 def load_image(
@@ -141,7 +130,7 @@ def load_image(
     torch.Tensor
         ``(channels, H, W)`` float32 in ``[0, 1]``.
     """
-    from ..naturals import _read_image_file, _to_display_rgb
+    from ..naturals import _to_display_rgb
 
     if isinstance(image, torch.Tensor):
         t = image.detach().float().cpu()
@@ -154,36 +143,16 @@ def load_image(
         if t.shape[0] == 1:
             t = t.expand(3, -1, -1)
         t = t.clamp(0, 1)
-    else:
-        if isinstance(image, np.ndarray):
-            try:
-                arr = _to_display_rgb(image)
-            except ValueError as e:
-                raise DiversevisError(f"{e}; expected an (H, W, 3) or (H, W) image array") from None
-        else:
-            path = Path(image)
-            if path.is_file():
-                try:
-                    arr = _read_image_file(path)
-                except Exception as e:  # noqa: BLE001 - any decoding failure is a user error here
-                    raise DiversevisError(f"cannot read image {str(path)!r}: {e}") from None
-            else:
-                arr = _bundled(str(image))
-                if arr is None:
-                    raise DiversevisError(
-                        f"image {str(image)!r} is neither a file nor a bundled photo; bundled photos: "
-                        f"{', '.join(bundled_image_names())}"
-                    )
+    elif isinstance(image, np.ndarray):
+        try:
+            arr = _to_display_rgb(image)
+        except ValueError as e:
+            raise DiversevisError(f"{e}; expected an (H, W, 3) or (H, W) image array") from None
         t = torch.from_numpy(np.array(arr, dtype=np.float32)).permute(2, 0, 1)
+    else:
+        t, _ = load_photo(image)
     if size is not None:
-        if not isinstance(size, int) or size < 1:
-            raise DiversevisError(f"size must be a positive int, got {size!r}")
-        h, w = t.shape[-2:]
-        f = size / min(h, w)
-        nh, nw = max(size, round(h * f)), max(size, round(w * f))
-        t = F.interpolate(t[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
-        top, left = (nh - size) // 2, (nw - size) // 2
-        t = t[:, top : top + size, left : left + size].clamp(0, 1)
+        t = square_resize(t, size)
     if channels == 1:
         t = t.mean(0, keepdim=True)
     elif channels != 3:
