@@ -15,6 +15,7 @@ from diversevis.reproduce import (
     _pixel_min_distance,
     _Steps,
     classify_unit,
+    publish,
     render_html,
     render_markdown,
     reproduce,
@@ -97,3 +98,29 @@ def test_a_tiny_study_runs_every_step_and_a_rerun_reuses_them(tmp_path):
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "steps").glob("*.json")}
     reproduce(tmp_path, preset=tiny, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "steps").glob("*.json")} == stamps
+
+
+def test_publish_copies_the_linked_figures_and_rewrites_the_links(tmp_path):
+    study = tmp_path / "study"
+    (study / "figures").mkdir(parents=True)
+    (study / "figures" / "a.png").write_bytes(b"png-a")
+    (study / "sweeps" / "u1").mkdir(parents=True)
+    (study / "sweeps" / "u1" / "grid.png").write_bytes(b"png-b")
+    (study / "unlinked.png").write_bytes(b"x")
+    (study / "report.md").write_text("# T\n\n![A](figures/a.png)\n\n![B](sweeps/u1/grid.png)\n")
+    dest = tmp_path / "docs" / "reproduction.md"
+    (tmp_path / "docs" / "reproduction").mkdir(parents=True)
+    (tmp_path / "docs" / "reproduction" / "stale.png").write_bytes(b"old")
+    assert publish(study, dest) == dest
+    md = dest.read_text()
+    assert "![A](reproduction/figures/a.png)" in md and "![B](reproduction/sweeps/u1/grid.png)" in md
+    pub = tmp_path / "docs" / "reproduction"
+    assert sorted(str(p.relative_to(pub)) for p in pub.rglob("*.png")) == [
+        "figures/a.png",
+        "sweeps/u1/grid.png",
+    ]
+    (study / "figures" / "a.png").unlink()
+    with pytest.raises(DiversevisError, match="missing: figures/a.png"):
+        publish(study, dest)
+    with pytest.raises(DiversevisError, match="no report.md"):
+        publish(tmp_path / "nowhere", dest)

@@ -379,9 +379,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="quick (3 units/layer), standard (16), full (64 units/layer: a GPU job)",
     )
+    p.add_argument(
+        "--units",
+        type=_positive_int,
+        default=None,
+        help="override the preset's units per layer (e.g. --quick --units 8: enough for the network test)",
+    )
+    p.add_argument(
+        "--baseline-units",
+        type=_positive_int,
+        default=None,
+        help="override the preset's units per layer in the baseline comparison",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--prior-beta", type=_nonneg_float, default=1e-4, help="weight of the prior NLL (default: 1e-4)"
+    )
+    p.add_argument(
+        "--publish",
+        metavar="MD",
+        default=None,
+        help="also copy report.md and its figures to MD and MD's folder (e.g. docs/reproduction.md)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -672,16 +690,26 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from .reproduce import reproduce
+    from dataclasses import replace
 
+    from .reproduce import PRESETS, publish, reproduce
+
+    preset = args.preset or "quick"
+    over = {
+        k: v for k, v in (("units", args.units), ("baseline_units", args.baseline_units)) if v is not None
+    }
+    if over:
+        preset = replace(PRESETS[preset], **over)
     md = reproduce(
         args.out,
-        preset=args.preset or "quick",
+        preset=preset,
         seed=args.seed,
         prior_beta=args.prior_beta,
         progress=not args.quiet,
     )
     print(f"wrote {md} and {md.with_suffix('.html')}")
+    if args.publish:
+        print(f"published {publish(md.parent, args.publish)} with its figures")
     print((md.parent / "verdicts.json").read_text())
     return 0
 
