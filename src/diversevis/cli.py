@@ -184,12 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-mei", action="store_true", help="skip the MEI (no ratios)")
     _add_optim_args(p)
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "tf32", "bf16"),
+        default="fp32",
+        help="forward-pass precision: tf32 on Ampere+ GPUs, bf16 autocast anywhere (default: fp32)",
+    )
 
     p = sub.add_parser("mei", help="most exciting input: best single image over restarts (PNG + JSON)")
     _add_model_args(p)
     _add_target_args(p)
     p.add_argument("--restarts", type=_positive_int, default=4, help="independent starts (default: 4)")
     _add_optim_args(p)
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "tf32", "bf16"),
+        default="fp32",
+        help="forward-pass precision: tf32 on Ampere+ GPUs, bf16 autocast anywhere (default: fp32)",
+    )
 
     p = sub.add_parser(
         "shift-test",
@@ -301,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_contrast_args(p)
     p.add_argument("--max-iter", type=_positive_int, default=1000, help="maximum iterations (default: 1000)")
     p.add_argument("--mei-restarts", type=_positive_int, default=4, help="restarts of each MEI (default: 4)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "tf32", "bf16"),
+        default="fp32",
+        help="forward-pass precision: tf32 on Ampere+ GPUs, bf16 autocast anywhere (default: fp32)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--force", action="store_true", help="recompute units that are already done")
     p.add_argument("--out", "-o", required=True, help="results directory (created, or resumed)")
@@ -395,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prior-beta", type=_nonneg_float, default=1e-4, help="weight of the prior NLL (default: 1e-4)"
     )
+    p.add_argument("--device", default=None, help="where the networks run, e.g. cuda (default: cpu)")
     p.add_argument(
         "--publish",
         metavar="MD",
@@ -479,6 +498,7 @@ def _cmd_run(args) -> int:
         seed=args.seed,
         images=args.naturals,
         progress=not args.quiet,
+        precision=args.precision,
     )
     if args.command == "diverse":
         if args.images < 2:
@@ -662,6 +682,7 @@ def _cmd_sweep(args) -> int:
         workers=args.workers,
         ray_address=args.ray_address,
         worker_threads=args.worker_threads,
+        precision=args.precision,
     )
     rows = store.rows()
     print(f"{len(rows)} units done in {args.out} ({time.perf_counter() - t0:.1f}s this run)")
@@ -706,6 +727,7 @@ def _cmd_reproduce(args) -> int:
         seed=args.seed,
         prior_beta=args.prior_beta,
         progress=not args.quiet,
+        device=args.device,
     )
     print(f"wrote {md} and {md.with_suffix('.html')}")
     if args.publish:

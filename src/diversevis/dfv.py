@@ -256,6 +256,7 @@ def mei(
     max_iter: int = 1000,
     patience: int = 100,
     ema: float = 0.9,
+    precision: str = "fp32",
     seed: int = 0,
     device: str | torch.device | None = None,
     images: str | Path | None = None,
@@ -308,6 +309,7 @@ def mei(
         max_iter=max_iter,
         patience=patience,
         ema=ema,
+        precision=precision,
         progress=progress,
         desc=f"MEI {net.display_name(layer)}:{unit}",
         callbacks=callbacks,
@@ -325,6 +327,7 @@ def mei(
         max_iter=max_iter,
         patience=patience,
         ema=ema,
+        precision=precision,
     )
     return _mei_result(prob, opt, acts, settings)
 
@@ -371,6 +374,7 @@ def diverse(
     max_iter: int = 1000,
     patience: int = 100,
     ema: float = 0.9,
+    precision: str = "fp32",
     seed: int = 0,
     device: str | torch.device | None = None,
     mei: bool | float | Result = True,
@@ -413,6 +417,10 @@ def diverse(
         Use the 1/sqrt(f) gradient preconditioner.
     lr, max_iter, patience, ema : float, int, int, float
         Adam learning rate and early-stopping settings (reference: 1.0, 1000, 100, 0.9).
+    precision : {"fp32", "tf32", "bf16"}
+        Precision of the network's forward pass (:mod:`diversevis.precision`): ``tf32`` is for
+        Ampere-or-newer GPUs (fp32 elsewhere), ``bf16`` autocasts convolutions on any device. The images
+        and Adam stay in float32. Recorded in the run spec.
     seed : int
         Seed of the initial images; the same seed gives the same result on CPU.
     device : str, optional
@@ -480,6 +488,7 @@ def diverse(
             max_iter=max_iter,
             patience=patience,
             ema=ema,
+            precision=precision,
             seed=seed,
             images=images,
             progress=progress,
@@ -515,6 +524,7 @@ def diverse(
         max_iter=max_iter,
         patience=patience,
         ema=ema,
+        precision=precision,
         progress=progress,
         desc=label,
         callbacks=callbacks,
@@ -535,6 +545,7 @@ def diverse(
         max_iter=max_iter,
         patience=patience,
         ema=ema,
+        precision=precision,
         mei_restarts=mei_restarts if mei is True else None,
     )
     if prior_model is not None:
@@ -620,6 +631,7 @@ def mei_units(
     max_iter: int = 1000,
     patience: int = 100,
     ema: float = 0.9,
+    precision: str = "fp32",
     seed: int = 0,
     device: str | torch.device | None = None,
     images: str | Path | None = None,
@@ -667,6 +679,7 @@ def mei_units(
         max_iter=max_iter,
         patience=patience,
         ema=ema,
+        precision=precision,
         progress=progress,
         desc=f"MEI {net.display_name(layer)} x{G}",
         compact=True,
@@ -682,6 +695,7 @@ def mei_units(
         max_iter=max_iter,
         patience=patience,
         ema=ema,
+        precision=precision,
     )
     out = []
     for u, opt in zip(units, runs):
@@ -708,6 +722,7 @@ def diverse_units(
     max_iter: int = 1000,
     patience: int = 100,
     ema: float = 0.9,
+    precision: str = "fp32",
     seed: int = 0,
     device: str | torch.device | None = None,
     mei: bool | Sequence[Result] | Sequence[float] = True,
@@ -760,6 +775,7 @@ def diverse_units(
             max_iter=max_iter,
             patience=patience,
             ema=ema,
+            precision=precision,
             seed=seed,
             images=images,
             progress=progress,
@@ -792,6 +808,7 @@ def diverse_units(
         max_iter=max_iter,
         patience=patience,
         ema=ema,
+        precision=precision,
         progress=progress,
         desc=f"diverse {net.display_name(layer)} x{G}",
         compact=True,
@@ -810,6 +827,7 @@ def diverse_units(
         max_iter=max_iter,
         patience=patience,
         ema=ema,
+        precision=precision,
         mei_restarts=mei_restarts if mei is True else None,
     )
     out = []

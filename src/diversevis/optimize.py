@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .precision import check_precision, precision_context
+
 __all__ = ["StepInfo", "OptimizeResult", "optimize"]
 
 
@@ -97,6 +99,7 @@ def optimize(
     callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
     progress: bool = False,
     desc: str = "optimise",
+    precision: str = "fp32",
 ) -> OptimizeResult:
     """Minimise ``loss_fn(param())`` with Adam over ``param``'s parameters.
 
@@ -122,6 +125,9 @@ def optimize(
         Show a tqdm progress bar.
     desc : str
         Progress-bar label.
+    precision : {"fp32", "tf32", "bf16"}
+        Precision of the forward pass (:func:`~diversevis.precision.precision_context`); images, Adam
+        and the bookkeeping stay in float32.
 
     Returns
     -------
@@ -139,6 +145,7 @@ def optimize(
         callbacks=callbacks,
         progress=progress,
         desc=desc,
+        precision=precision,
     )[0]
 
 
@@ -156,6 +163,7 @@ def optimize_groups(
     progress: bool = False,
     desc: str = "optimise",
     compact: bool = False,
+    precision: str = "fp32",
 ) -> list[OptimizeResult]:
     """Optimise ``groups`` independent problems in one batch, each with its own early stopping.
 
@@ -186,6 +194,7 @@ def optimize_groups(
     """
     if max_iter < 1:
         raise ValueError("max_iter must be >= 1")
+    check_precision(precision)
     params = [p for p in param.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     device = params[0].device
@@ -222,7 +231,8 @@ def optimize_groups(
         for it in range(max_iter):
             images = param()
             B = len(idx)
-            losses = (loss_fn(images, idx) if compact else loss_fn(images)).reshape(B)
+            with precision_context(device, precision):
+                losses = (loss_fn(images, idx) if compact else loss_fn(images)).reshape(B).float()
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             with torch.no_grad():

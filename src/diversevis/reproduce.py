@@ -21,6 +21,7 @@ DFV's. Every step is stored under ``DIR`` as it finishes, so a killed run resume
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import math
@@ -141,6 +142,14 @@ class _Steps:
         return json.loads(json.dumps(result, default=json_default))
 
 
+_DEVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("reproduce_device", default=None)
+
+
+def _load(name: str):
+    """A zoo network on the study's device (``reproduce(device=...)``)."""
+    return load_model(name, device=_DEVICE.get())
+
+
 def _pixel_min_distance(images: np.ndarray) -> float:
     """Smallest pairwise RMS pixel distance of a set ``(N, C, H, W)``, relative to its mean RMS contrast."""
     x = images.reshape(len(images), -1).astype(np.float64)
@@ -173,7 +182,7 @@ def _mpl():
 
 
 def _reference(out: Path, seed: int, max_iter: int) -> dict[str, Any]:
-    net = load_model("vgg16-paper")
+    net = _load("vgg16-paper")
     res = diverse(
         net, "conv3_1", 21, n_images=6, diversity=0.01, distance_layer="conv2_2", seed=seed, max_iter=max_iter
     )
@@ -214,7 +223,7 @@ def _cells(out: Path, seed: int) -> dict[str, Any]:
 
 
 def _tradeoff(out: Path, lambdas: Sequence[float], seed: int, max_iter: int) -> dict[str, Any]:
-    net = load_model("vgg16-paper")
+    net = _load("vgg16-paper")
     m = mei(net, "conv3_1", 21, seed=seed, max_iter=max_iter)
     rows = []
     for lam in lambdas:
@@ -236,8 +245,8 @@ def _tradeoff(out: Path, lambdas: Sequence[float], seed: int, max_iter: int) -> 
 
 def _matched_eff_layers(layers: Sequence[str]) -> list[str]:
     """EfficientNet-Lite0 layers whose receptive fields best match the given vgg16-paper layers."""
-    vgg = load_model("vgg16-paper")
-    eff = load_model("efficientnet-lite0")
+    vgg = _load("vgg16-paper")
+    eff = _load("efficientnet-lite0")
     eff_rf = {a: eff.receptive_field(a).size for a in EFF_CANDIDATES}
     chosen: list[str] = []
     for layer in layers:
@@ -262,6 +271,7 @@ def _sweep(out: Path, model: str, layers: Sequence[str], preset: Preset, seed: i
         max_iter=preset.max_iter,
         seed=seed,
         progress=progress,
+        device=_DEVICE.get(),
     )
     rows = store.rows()
     store.close()
@@ -282,7 +292,7 @@ def _baselines(out: Path, preset: Preset, sweep_rows: list[dict], seed: int) -> 
     from .invariance import compare_baselines
     from .sweep import auto_distance_layer
 
-    net = load_model("vgg16-paper")
+    net = _load("vgg16-paper")
     rows = []
     for layer in preset.baseline_layers:
         units = sorted({r["unit"] for r in sweep_rows if r["layer"] == layer})[: preset.baseline_units]
@@ -315,7 +325,7 @@ def _baselines(out: Path, preset: Preset, sweep_rows: list[dict], seed: int) -> 
 def _prior(out: Path, seed: int, max_iter: int, beta: float, steps: int | None) -> dict[str, Any]:
     from .prior import load_prior, prior_cache_path, save_prior, train_prior
 
-    net = load_model("vgg16-paper")
+    net = _load("vgg16-paper")
     note = "the cached default prior"
     if prior_cache_path("default").is_file() or steps is None:
         prior = load_prior("default")
@@ -520,6 +530,32 @@ def render_html(title: str, intro: list[str], sections: list[Section]) -> str:
     return env.get_template("reproduction.html.j2").render(title=title, intro=intro, sections=secs)
 
 
+def _machine() -> str:
+    """``torch 2.13.0, 2 CPU threads`` or ``torch 2.13.0, CUDA: NVIDIA H100``: where the study ran."""
+    where = (
+        f"CUDA: {torch.cuda.get_device_name()}"
+        if torch.cuda.is_available()
+        else f"{torch.get_num_threads()} CPU threads"
+    )
+    return f"torch {torch.__version__}, {where}"
+
+
+def _preset_name(p: Preset) -> str:
+    """``quick`` for a named preset, else the nearest named one and what differs: ``quick (units=8)``."""
+    from dataclasses import fields
+
+    names = [f.name for f in fields(Preset)]
+
+    def diff(q: Preset) -> list[str]:
+        return [n for n in names if getattr(q, n) != getattr(p, n)]
+
+    best = min(PRESETS, key=lambda k: len(diff(PRESETS[k])))
+    changed = diff(PRESETS[best])
+    if not changed:
+        return best
+    return f"{best} ({', '.join(f'{n}={getattr(p, n)}' for n in changed)})"
+
+
 def reproduce(
     out: str | Path,
     *,
@@ -528,6 +564,7 @@ def reproduce(
     prior_beta: float = 1e-4,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    device: str | None = None,
 ) -> Path:
     """Run the reproduction study and write ``report.md`` / ``report.html`` under ``out``.
 
@@ -545,18 +582,29 @@ def reproduce(
         Progress bars for the sweeps.
     log : callable
         Receives one line per step.
+    device : str, optional
+        Where the networks run (``"cuda"`` for the ``full`` preset); default: the CPU. The synthetic
+        cells and the prior's training stay on the CPU.
 
     Returns
     -------
     Path
         The report's Markdown file.
     """
+    token = _DEVICE.set(device)
+    try:
+        return _reproduce(out, preset, seed, prior_beta, progress, log)
+    finally:
+        _DEVICE.reset(token)
+
+
+def _reproduce(out, preset, seed, prior_beta, progress, log) -> Path:
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise DiversevisError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         name, p = preset, PRESETS[preset]
     else:
-        name, p = "custom", preset
+        name, p = _preset_name(preset), preset
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     steps = _Steps(out, {"preset": asdict(p), "seed": seed, "prior_beta": prior_beta})
@@ -579,6 +627,7 @@ def reproduce(
 
     sections = _sections(out, ref, cells, trade, vgg["rows"], eff["rows"], eff_layers, base["rows"], prior)
     total = time.perf_counter() - t_start
+    compute = sum(float(r.get("seconds") or 0) for r in (ref, cells, trade, vgg, eff, base, prior))
     intro = [
         "Reproduction of Cadena et al., *Diverse feature visualizations reveal invariances in early layers of "
         "deep neural networks* (ECCV 2018) with diversevis. The paper used a Gatys-normalised VGG-19 and "
@@ -586,8 +635,18 @@ def reproduce(
         "(ImageNet VGG-16, VALID padding, Gatys-normalised on the bundled photos) and `efficientnet-lite0` "
         "(an ImageNet residual network) instead, so it compares shapes and directions, not digits.",
         f"Preset `{name}`: {p.units} units per layer, {p.baseline_units} units per layer in the baseline "
-        f"comparison, shift-test stride {p.shift_stride}, seed {seed}. This run took {total / 60:.1f} min "
-        "(steps reused from an earlier run count as 0).",
+        f"comparison, shift-test stride {p.shift_stride}, seed {seed}. The steps took {compute / 60:.1f} min "
+        f"of computation in all ({_machine()}); this invocation {total / 60:.1f} min (it reuses finished steps).",
+        *(
+            []
+            if name == "full"
+            else [
+                "This is not the `full` preset (64 units per layer, 32 in the baseline comparison, shift-test "
+                "stride 1), which is a GPU job (`diversevis reproduce --preset full --device cuda`): fewer units "
+                "make the per-layer fractions coarse, and a coarser shift-test stride tests fewer crop offsets, "
+                "so its worst-crop ratios are upper bounds."
+            ]
+        ),
         "Verdicts: " + "; ".join(f"{s.title}: **{s.verdict}**" for s in sections if s.verdict) + ".",
     ]
     title = "diversevis reproduction study"
@@ -759,7 +818,7 @@ def _sections(
     from scipy.stats import mannwhitneyu
 
     pairs = []
-    vnet, enet = load_model("vgg16-paper"), load_model("efficientnet-lite0")
+    vnet, enet = _load("vgg16-paper"), _load("efficientnet-lite0")
     erf = {la: enet.receptive_field(la).size for la in eff_layers}
     for la in layers:
         rf = vnet.receptive_field(la).size

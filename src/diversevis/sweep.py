@@ -51,6 +51,7 @@ from torch import nn
 from .dfv import _prepare, diverse_units, mei_units
 from .errors import DiversevisError
 from .network import Network
+from .precision import check_precision
 from .store import Store, unit_dir
 
 __all__ = ["parse_units", "auto_distance_layer", "sweep", "TESTS", "BACKENDS"]
@@ -174,6 +175,7 @@ def sweep(
     workers: int | None = None,
     ray_address: str | None = None,
     worker_threads: int = 1,
+    precision: str = "fp32",
 ) -> Store:
     """Characterise many units of several layers; results go to a resumable :class:`Store`.
 
@@ -206,6 +208,9 @@ def sweep(
         starting a local Ray instance. A Ray session already initialised in this process is reused.
     worker_threads : int
         Ray only: torch intra-op threads per worker (default 1: ``workers`` processes share the CPUs).
+    precision : {"fp32", "tf32", "bf16"}
+        Precision of the MEI and DFV forward passes (:mod:`diversevis.precision`); the phase and shift
+        tests run in fp32.
 
     Returns
     -------
@@ -240,6 +245,8 @@ def sweep(
         "mei_restarts": mei_restarts,
         "shift_stride": shift_stride,
     }
+    if check_precision(precision) != "fp32":  # absent for fp32, so stores from before still resume
+        settings["precision"] = precision
     store = Store(out, create=True)
     old = store.get_meta("settings")
     if old is not None and old != settings and not force:
@@ -275,6 +282,7 @@ def sweep(
         seed=seed,
         shift_stride=shift_stride,
         images=images,
+        precision=precision,
     )
     total = sum(len(t[3]) for t in tasks)
     bar = None
@@ -334,6 +342,7 @@ def _run_chunk(
     seed,
     shift_stride,
     images,
+    precision: str = "fp32",
     run: dict[str, Any],
     on_unit: Callable[[Row], None],
 ) -> None:
@@ -348,6 +357,7 @@ def _run_chunk(
         max_iter=max_iter,
         seed=seed,
         images=images,
+        precision=precision,
     )
     divs = [None] * len(chunk)
     if "dfv" in tests:
@@ -363,6 +373,7 @@ def _run_chunk(
             seed=seed,
             mei=meis,
             images=images,
+            precision=precision,
         )
     per_unit = (time.perf_counter() - t0) / len(chunk)
     where = {**run, "pid": os.getpid(), "host": socket.gethostname(), "chunk": list(chunk)}
