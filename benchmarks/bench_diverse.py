@@ -33,6 +33,7 @@ from diversevis.dfv import Problem
 from diversevis.objectives import diversity_value
 from diversevis.optimize import optimize
 from diversevis.params import PixelImage
+from diversevis.precision import precision_context
 
 MODEL = "vgg16-paper"
 LAYER = "conv3_1"
@@ -76,11 +77,11 @@ def cpu_info() -> dict[str, str]:
     return info
 
 
-def matmul_gflops(n: int, reps: int, device: torch.device) -> float:
-    """Best-of-``reps`` fp32 ``torch.mm`` throughput on ``n x n`` matrices, GFLOP/s (2 n^3 per product)."""
+def matmul_gflops(n: int, reps: int, device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-``reps`` ``torch.mm`` throughput on ``n x n`` matrices, GFLOP/s (2 n^3 per product)."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device)
-    b = torch.randn(n, n, generator=g).to(device)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
     torch.mm(a, b)  # warm-up
     sync(device)
     best = math.inf
@@ -90,6 +91,27 @@ def matmul_gflops(n: int, reps: int, device: torch.device) -> float:
         sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
+
+
+def conv3x3_gflops(reps: int, device: torch.device) -> float:
+    """Best-of-``reps`` throughput of a large 3x3 convolution (256 -> 256 channels, 16 x 30 x 30), GFLOP/s.
+
+    Counted as a direct convolution (``2 C_in 9 C_out H_out W_out`` per image), like the step FLOPs: the
+    best this machine's convolution library does on the kind of layer the truncated network runs. It
+    can beat the matmul peak when the library uses a fast (Winograd-type) algorithm for 3x3 kernels.
+    """
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(256, 256, 3, 3, generator=g).to(device)
+    x = torch.randn(16, 256, 30, 30, generator=g).to(device)
+    torch.nn.functional.conv2d(x, w)  # warm-up
+    sync(device)
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.nn.functional.conv2d(x, w)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 256 * 9 * 256 * 28 * 28 * 16 / best / 1e9
 
 
 def conv_flops(net: dv.Network, x: torch.Tensor, layers: list[str]) -> list[dict]:
@@ -131,9 +153,16 @@ class Bench:
     """
 
     def __init__(
-        self, prob: Problem, batch: int, diversity: bool, device: torch.device, channels_last: bool = False
+        self,
+        prob: Problem,
+        batch: int,
+        diversity: bool,
+        device: torch.device,
+        channels_last: bool = False,
+        precision: str = "fp32",
     ) -> None:
         self.prob = prob
+        self.precision = precision
         self.diversity = diversity
         self.channels_last = channels_last
         gen = torch.Generator().manual_seed(SEED)
@@ -153,7 +182,8 @@ class Bench:
 
     def step(self) -> None:
         x = self.param()
-        loss = self.loss_fn(x)
+        with precision_context(self.device, self.precision):
+            loss = self.loss_fn(x).float()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -355,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     for th in threads:
         torch.set_num_threads(th)
         peak[th] = {"mm2048": matmul_gflops(2048, 5, device), "mm4096": matmul_gflops(4096, 2, device)}
+        peak[th]["conv3x3"] = conv3x3_gflops(3, device)
 
     # ---- problem and FLOPs
     torch.set_num_threads(default_threads)
@@ -398,13 +429,16 @@ def main(argv: list[str] | None = None) -> int:
         images_folder=None,
     )
     cases.append(("inner loop, channels_last", 64, False, max(3, args.steps * N_IMAGES // 64)))
+    # bf16 autocast of the forward (diversevis precision="bf16"); eff. still against the fp32 peak
+    cases.append(("inner loop, bf16 autocast", 256, False, max(3, args.steps * N_IMAGES // 256)))
     steps_res = []
     for label, batch, div, n in cases:
         benches = {}
         for th in threads:
             torch.set_num_threads(th)
             cl = "channels_last" in label
-            benches[th] = Bench(prob_cl if cl else prob, batch, div, device, channels_last=cl)
+            prec = "bf16" if "bf16" in label else "fp32"
+            benches[th] = Bench(prob_cl if cl else prob, batch, div, device, channels_last=cl, precision=prec)
             benches[th].warm(5 if batch <= 64 else 2)
         per_step: dict[int, list[float]] = {th: [] for th in threads}
         blocks: dict[int, list[float]] = {th: [] for th in threads}
@@ -496,12 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     for th in threads:
         torch.set_num_threads(th)
         peak[th]["mm2048_end"] = matmul_gflops(2048, 5, device)
-        peak[th]["best"] = max(peak[th].values())
+        peak[th]["best"] = max(v for k_, v in peak[th].items() if k_.startswith("mm"))
+        peak[th]["bf16_mm2048"] = matmul_gflops(2048, 5, device, torch.bfloat16)
+        peak[th]["conv3x3"] = max(peak[th]["conv3x3"], conv3x3_gflops(3, device))
     torch.set_num_threads(default_threads)
     for t in steps_res:
         t["gflops"] = t["flops_per_step"] / t["median_s"] / 1e9
         t["ms_per_image"] = 1e3 * t["median_s"] / t["batch"]
         t["efficiency"] = t["gflops"] / peak[t["threads"]]["best"]
+        t["efficiency_conv3x3"] = t["gflops"] / peak[t["threads"]]["conv3x3"]
     out["matmul_peak_gflops"] = {str(th): v for th, v in peak.items()}
     out["steps"] = steps_res
     out["full_run"] = full
@@ -511,8 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     for th, v in peak.items():
         print(
             f"  {th} thread(s): "
-            + "  ".join(f"{k_}={x:.1f}" for k_, x in v.items() if k_ != "best")
-            + f"  -> peak {v['best']:.1f} GFLOP/s"
+            + "  ".join(f"{k_}={v[k_]:.1f}" for k_ in ("mm2048", "mm4096", "mm2048_end"))
+            + f"  -> peak {v['best']:.1f} GFLOP/s (bf16 mm2048: {v['bf16_mm2048']:.1f}; "
+            f"3x3 conv 256ch: {v['conv3x3']:.1f})"
         )
     print(
         "\nOne optimisation step (forward to conv3_1 + conv2_2 features, loss, backward to the image, "
@@ -520,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     hdr = (
         f"  {'what':<30}{'batch':>6}{'thr':>4}{'steps':>6}{'median ms':>11}{'min ms':>9}{'ms/img':>8}"
-        f"{'GFLOP/step':>12}{'GFLOP/s':>9}{'eff.':>7}"
+        f"{'GFLOP/step':>12}{'GFLOP/s':>9}{'eff.':>7}{'vs conv':>8}"
     )
     print(hdr)
     print("  " + "-" * (len(hdr) - 2))
@@ -529,13 +567,15 @@ def main(argv: list[str] | None = None) -> int:
             f"  {t['label']:<30}{t['batch']:>6}{t['threads']:>4}{t['n_steps']:>6}"
             f"{1e3 * t['median_s']:>11.2f}"
             f"{1e3 * t['min_s']:>9.2f}{t['ms_per_image']:>8.2f}{t['flops_per_step'] / 1e9:>12.3f}"
-            f"{t['gflops']:>9.1f}{100 * t['efficiency']:>6.1f}%"
+            f"{t['gflops']:>9.1f}{100 * t['efficiency']:>6.1f}%{100 * t['efficiency_conv3x3']:>7.1f}%"
             + ("  *" if t["median_s"] > 1.5 * t["min_s"] else "")
         )
     if any(t["median_s"] > 1.5 * t["min_s"] for t in steps_res):
         print("  * median > 1.5 x min: probably hit by load from other processes; re-run to confirm.")
     print(
-        "  eff. = achieved GFLOP/s (from the median) / matmul peak at the same thread count. The "
+        "  eff. = achieved GFLOP/s (from the median) / fp32 matmul peak at the same thread count (for the "
+        "bf16 row too);\n  vs conv = the same / a large 3x3 convolution's throughput (counted as a direct "
+        "convolution, like the steps). The "
         "dv.diverse row is\n  optimize()'s own seconds / n_iter (incl. its bookkeeping), median over "
         "blocks; the other rows time\n  each step separately (median over all steps of all blocks)."
     )
