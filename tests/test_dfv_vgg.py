@@ -85,3 +85,22 @@ def test_padded_vgg16_diverse_run_reaches_its_mei(vgg16):
     res = dv.diverse(vgg16, "conv2_1", 7, n_images=4, diversity=0.05, distance_layer="conv1_2", seed=0)
     assert res.images.shape == (4, 3, 10, 10)
     assert float(res.ratios.min()) >= 0.8
+
+
+def test_channels_last_gives_the_same_activations_and_diverse_set(vgg16_paper):
+    import copy
+
+    net = copy.deepcopy(vgg16_paper)
+    x = torch.rand(4, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    ref = net.activations(x, ["conv2_2", "conv3_1"])
+    net.use_channels_last()
+    w = net.layer_module("conv1_1").weight
+    assert net.channels_last and w.is_contiguous(memory_format=torch.channels_last)
+    cl = net.activations(x, ["conv2_2", "conv3_1"])
+    for k in ref:
+        torch.testing.assert_close(cl[k], ref[k], rtol=1e-4, atol=1e-4)
+    kw = dict(n_images=3, diversity=0.5, distance_layer="conv1_2", seed=1, max_iter=60, patience=0, mei=False)
+    a = dv.diverse(vgg16_paper, "conv2_1", 5, **kw)
+    b = dv.diverse(net, "conv2_1", 5, **kw)
+    assert torch.allclose(a.activations, b.activations, rtol=0.02)
+    assert net.use_channels_last(False).channels_last is False and w.is_contiguous()

@@ -74,6 +74,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="folder of natural images for contrast statistics (default: bundled photos)",
     )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC memory format for the network (faster convolutions on CPUs; see docs/performance.md)",
+    )
 
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
@@ -463,9 +468,8 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_layers(args) -> int:
-    from .zoo import load_model
 
-    net = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle, images=args.naturals)
+    net = _load(args)
     rows = net.list_layers(args.size)
     print(f"{'layer':22s} {'alias':10s} {'type':14s} {'output (C,H,W)':18s} {'RF':>5s} {'stride':>6s}")
     for r in rows:
@@ -483,9 +487,8 @@ def _cmd_layers(args) -> int:
 
 def _cmd_run(args) -> int:
     from . import dfv
-    from .zoo import load_model
 
-    net = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle, images=args.naturals)
+    net = _load(args)
     common = dict(
         direction=_direction(args.direction),
         metric=args.metric,
@@ -548,7 +551,8 @@ def _cmd_run(args) -> int:
 def _load(args):
     from .zoo import load_model
 
-    return load_model(args.model, device=args.device, allow_pickle=args.allow_pickle, images=args.naturals)
+    net = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle, images=args.naturals)
+    return net.use_channels_last() if getattr(args, "channels_last", False) else net
 
 
 def _cmd_shift(args) -> int:
