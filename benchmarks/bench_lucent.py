@@ -147,6 +147,10 @@ def run_lucent(net: dv.Network, steps: int, seed: int) -> dict:
 
     torch.manual_seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (Lucent's transforms draw from the legacy global generator)
+    if net.channels_last:  # Lucent gets the network as its users have it: default memory format
+        import copy
+
+        net = copy.deepcopy(net).use_channels_last(False)
     model = _Normalised(net).eval()
     obj = objectives.channel(LUCENT_LAYER, UNIT) - 1e2 * objectives.diversity(LUCENT_LAYER)
     t0 = time.perf_counter()
