@@ -15,6 +15,7 @@ from diversevis.reproduce import (
     _pixel_min_distance,
     _Steps,
     classify_unit,
+    holm_rejections,
     publish,
     render_html,
     render_markdown,
@@ -124,3 +125,11 @@ def test_publish_copies_the_linked_figures_and_rewrites_the_links(tmp_path):
         publish(study, dest)
     with pytest.raises(DiversevisError, match="no report.md"):
         publish(tmp_path / "nowhere", dest)
+
+
+def test_holm_rejects_step_down_until_the_first_p_above_its_threshold():
+    # m = 4: thresholds 0.0125, 0.0167, 0.025, 0.05
+    assert holm_rejections([0.01, 0.04, 0.03, 0.005]) == 2  # 0.005, 0.01 pass; 0.03 > 0.025 stops
+    assert holm_rejections([0.001, 0.002, 0.003, 0.004]) == 4
+    assert holm_rejections([0.03, 0.5]) == 0  # 0.03 > 0.05 / 2
+    assert holm_rejections([0.02, 0.5]) == 1 and holm_rejections([]) == 0
