@@ -133,3 +133,27 @@ def test_holm_rejects_step_down_until_the_first_p_above_its_threshold():
     assert holm_rejections([0.001, 0.002, 0.003, 0.004]) == 4
     assert holm_rejections([0.03, 0.5]) == 0  # 0.03 > 0.05 / 2
     assert holm_rejections([0.02, 0.5]) == 1 and holm_rejections([]) == 0
+
+
+def test_cli_overrides_are_validated_and_named_in_the_study(tmp_path, capsys, monkeypatch):
+    from diversevis.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "--out", str(tmp_path), "--units", "0"])
+    assert e.value.code == 2 and "--units" in capsys.readouterr().err
+    seen = {}
+
+    def fake(out, *, preset, **kw):  # record what the CLI asks for, without running the study
+        seen.update(preset=preset, **kw)
+        (tmp_path / "report.md").write_text("# T\n")
+        (tmp_path / "verdicts.json").write_text("{}")
+        return tmp_path / "report.md"
+
+    monkeypatch.setattr("diversevis.reproduce.reproduce", fake)
+    assert (
+        main(["reproduce", "--out", str(tmp_path), "--quick", "--units", "8", "--device", "cpu", "-q"]) == 0
+    )
+    assert seen["preset"].units == 8 and seen["preset"].baseline_units == 2 and seen["device"] == "cpu"
+    from diversevis.reproduce import _preset_name
+
+    assert _preset_name(seen["preset"]) == "quick (units=8)"
