@@ -23,8 +23,8 @@ import time
 import torch
 
 import diversevis as dv
-from diversevis.dfv import diverse_units
-from diversevis.sweep import auto_distance_layer
+from diversevis.methods.dfv import diverse_units
+from diversevis.study.sweep import auto_distance_layer
 
 
 def compare(net: dv.Network, net_cl: dv.Network, layer: str, n_units: int, repeats: int) -> dict:

@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 import diversevis as dv
-from diversevis.dfv import Problem
-from diversevis.objectives import diversity_value
-from diversevis.optimize import optimize
-from diversevis.params import PixelImage
-from diversevis.precision import precision_context
+from diversevis.core.objectives import diversity_value
+from diversevis.core.optimize import optimize
+from diversevis.core.params import PixelImage
+from diversevis.core.precision import precision_context
+from diversevis.methods.dfv import Problem
 
 MODEL = "vgg16-paper"
 LAYER = "conv3_1"
@@ -248,7 +248,7 @@ def _category(ev) -> str:
 
 
 def profile_loop(prob: Problem, batch: int, diversity: bool, n_steps: int, device: torch.device) -> dict:
-    """Profile ``n_steps`` of the library loop :func:`diversevis.optimize.optimize` and split host time."""
+    """Profile ``n_steps`` of the library loop :func:`diversevis.core.optimize.optimize` and split host time."""
     bench = Bench(prob, batch, diversity, device)
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:

@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import diversevis as dv
-from diversevis.dfv import Problem
-from diversevis.objectives import pairwise_rms
+from diversevis.core.objectives import pairwise_rms
+from diversevis.methods.dfv import Problem
 
 LAYER, UNIT, N_IMAGES, DIST_LAYER = "conv3_1", 21, 6, "conv2_2"
 LUCENT_LAYER = "features_10"  # conv3_1 in torchvision's VGG-16 layout
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load at the end {os.getloadavg()[0]:.2f}")
 
     if args.save_images:
-        from diversevis.result import image_grid
+        from diversevis.core.result import image_grid
 
         sets = [res.images]
         if "lucent" in rows:

@@ -10,28 +10,32 @@ import pytest
 import torch
 from torch import nn
 
-from diversevis.classic.actmax import (
+from diversevis.cli import main
+from diversevis.core.errors import DiversevisError
+from diversevis.core.network import Network
+from diversevis.core.params import (
+    DecorrelatedImage,
+    FFTImage,
+    decorrelate_colors,
+    fft_frequencies,
+    fft_spectrum_scale,
+)
+from diversevis.core.transforms import (
+    AffineDraw,
+    RandomTransforms,
+    affine_matrices,
+    apply_affine,
+    draw_affine,
+)
+from diversevis.images.color import color_covariance, color_sqrt, natural_color_matrix
+from diversevis.methods.classic.actmax import (
     RedirectedReLU,
     actmax,
     read_target,
     redirected_relu,
     redirected_relu_grad,
 )
-from diversevis.cli import main
-from diversevis.errors import DiversevisError
-from diversevis.network import Network
-from diversevis.params import (
-    DecorrelatedImage,
-    FFTImage,
-    color_covariance,
-    color_sqrt,
-    decorrelate_colors,
-    fft_frequencies,
-    fft_spectrum_scale,
-    natural_color_matrix,
-)
-from diversevis.synthetic import cell_network, gabor
-from diversevis.transforms import AffineDraw, RandomTransforms, affine_matrices, apply_affine, draw_affine
+from diversevis.models.synthetic import cell_network, gabor
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +138,7 @@ def test_color_covariance_single_image_is_pixel_covariance():
 
 
 def test_natural_color_matrix_is_square_root_of_natural_covariance():
-    from diversevis.naturals import natural_images
+    from diversevis.images.naturals import natural_images
 
     m = natural_color_matrix().double().numpy()
     colour = [im for im in natural_images() if not np.array_equal(im[..., 0], im[..., 1])]

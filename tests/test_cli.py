@@ -18,7 +18,7 @@ from torch import nn
 
 from diversevis import __version__
 from diversevis.cli import main
-from diversevis.zoo import load_model
+from diversevis.models.zoo import load_model
 
 CELL = ["--model", "cell:complex", "--layer", "response"]
 

@@ -8,9 +8,9 @@ import pytest
 
 import diversevis as dv
 from diversevis.cli import main
-from diversevis.compare import LayerSummary, compare_stores, match_layers
-from diversevis.store import Store
-from diversevis.sweep import sweep
+from diversevis.study.compare import LayerSummary, compare_stores, match_layers
+from diversevis.study.store import Store
+from diversevis.study.sweep import sweep
 
 
 def test_layers_are_paired_by_closest_receptive_field():

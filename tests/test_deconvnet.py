@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from diversevis import DiversevisError, Network
-from diversevis.classic.cli_deconvnet import parse_position
-from diversevis.classic.deconvnet import deconv_top_patches, deconvnet, project, rf_box, unpool
 from diversevis.cli import main
+from diversevis.cli.deconv import parse_position
+from diversevis.methods.classic.deconvnet import deconv_top_patches, deconvnet, project, rf_box, unpool
 
 
 def _masked(a: torch.Tensor, unit: int, position: str) -> torch.Tensor:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import diversevis as dv
-from diversevis.synthetic import cell_network
+from diversevis.models.synthetic import cell_network
 
 RHO = 1.0
 SIZE = 16

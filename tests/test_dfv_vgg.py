@@ -7,7 +7,7 @@ import json
 import torch
 
 import diversevis as dv
-from diversevis.dfv import Problem
+from diversevis.methods.dfv import Problem
 
 
 def test_conv3_1_unit_21_diverse_set_stays_near_the_mei(vgg16_paper, tmp_path):

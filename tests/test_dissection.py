@@ -18,7 +18,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from diversevis.classic.concepts import (
+from diversevis.cli import main
+from diversevis.core.errors import DiversevisError
+from diversevis.core.network import Network
+from diversevis.methods.classic.concepts import (
     COLOR_NAMES,
     ArrayDataset,
     BrodenDataset,
@@ -26,7 +29,7 @@ from diversevis.classic.concepts import (
     decode_label_png,
     name_colors,
 )
-from diversevis.classic.dissection import (
+from diversevis.methods.classic.dissection import (
     ExactQuantile,
     HistogramQuantile,
     dissect,
@@ -35,9 +38,6 @@ from diversevis.classic.dissection import (
     unit_masks,
     upsample,
 )
-from diversevis.cli import main
-from diversevis.errors import DiversevisError
-from diversevis.network import Network
 
 # ------------------------------------------------------------------------------------ pure functions
 

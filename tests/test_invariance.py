@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from diversevis.invariance import compare_baselines, participation_ratio, set_metrics
-from diversevis.synthetic import cell_network
+from diversevis.methods.baselines import compare_baselines, participation_ratio, set_metrics
+from diversevis.models.synthetic import cell_network
 
 
 def test_participation_ratio_closed_forms():

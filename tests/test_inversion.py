@@ -10,7 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from diversevis.classic.inversion import (
+from diversevis.cli import main
+from diversevis.core.errors import DiversevisError
+from diversevis.core.network import Network
+from diversevis.core.result import Result
+from diversevis.methods.classic.inversion import (
     InversionResult,
     alpha_norm,
     bundled_image_names,
@@ -19,10 +23,6 @@ from diversevis.classic.inversion import (
     relative_feature_error,
     tv_norm,
 )
-from diversevis.cli import main
-from diversevis.errors import DiversevisError
-from diversevis.network import Network
-from diversevis.result import Result
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from diversevis.classic.multifaceted import (
+from diversevis.cli import main
+from diversevis.core.errors import DiversevisError
+from diversevis.core.network import Network
+from diversevis.methods.classic.multifaceted import (
     UnitReadout,
     centre_biased_offsets,
     embed,
@@ -25,11 +28,8 @@ from diversevis.classic.multifaceted import (
     multifaceted,
     total_variation,
 )
-from diversevis.cli import main
-from diversevis.dfv import Problem
-from diversevis.errors import DiversevisError
-from diversevis.network import Network
-from diversevis.synthetic import cell_network, gabor
+from diversevis.methods.dfv import Problem
+from diversevis.models.synthetic import cell_network, gabor
 
 S = 16
 

@@ -1,4 +1,4 @@
-"""Tests of diversevis.naturals: natural images, patch sampling and the natural patch-norm statistic."""
+"""Tests of diversevis.images.naturals: natural images, patch sampling and the natural patch-norm statistic."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diversevis import naturals
-from diversevis.errors import DiversevisError
+from diversevis.core.errors import DiversevisError
+from diversevis.images import naturals
 
 
 @pytest.fixture(autouse=True)

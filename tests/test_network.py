@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from diversevis import DiversevisError, LayerNotFoundError, Network, as_network
-from diversevis._vgg16_onnx import build_vgg_features
-from diversevis.zoo import VGGFeatures, vgg_aliases
+from diversevis.models.vgg16_onnx import build_vgg_features
+from diversevis.models.zoo import VGGFeatures, vgg_aliases
 
 SMALL_CFG = [4, 4, "M", 8, 8, "M", 8, 8, 8, "M"]  # VGG-16's first three blocks, narrow
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from diversevis.errors import DiversevisError
-from diversevis.objectives import (
+from diversevis.core.errors import DiversevisError
+from diversevis.core.objectives import (
     Target,
     diversity_value,
     gram_cosine_diversity,

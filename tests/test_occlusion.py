@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from diversevis import DiversevisError, Network
-from diversevis.classic.cli_occlusion import parse_fill
-from diversevis.classic.occlusion import occlusion, occlusion_grid, pixel_heatmap
 from diversevis.cli import main
+from diversevis.cli.occlusion import parse_fill
+from diversevis.methods.classic.occlusion import occlusion, occlusion_grid, pixel_heatmap
 
 BLOB = (20, 11)  # row, column of the bright blob
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diversevis.optimize import optimize
+from diversevis.core.optimize import optimize
 
 
 class Scalar(nn.Module):
@@ -82,7 +82,7 @@ def test_check_every_delays_stopping_but_not_the_best_iterate():
 
 
 def test_groups_stop_independently():
-    from diversevis.optimize import optimize_groups
+    from diversevis.core.optimize import optimize_groups
 
     class Four(nn.Module):
         def __init__(self) -> None:
@@ -106,7 +106,7 @@ def test_groups_stop_independently():
 
 
 def test_compact_drops_frozen_groups_from_the_batch_without_changing_results():
-    from diversevis.optimize import optimize_groups
+    from diversevis.core.optimize import optimize_groups
 
     class Rows(nn.Module):
         def __init__(self) -> None:

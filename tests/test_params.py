@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from diversevis.params import PixelImage, fixed_norm, precondition, preconditioner_weights
+from diversevis.core.params import PixelImage, fixed_norm, precondition, preconditioner_weights
 
 
 def test_preconditioner_weights_follow_the_reference_formula_for_24px():

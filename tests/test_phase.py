@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 import diversevis as dv
-from diversevis.phase import F_MAX, PhaseResult, grating, modulation_ratio, phase_test
-from diversevis.synthetic import cell_network
+from diversevis.methods.phase import F_MAX, PhaseResult, grating, modulation_ratio, phase_test
+from diversevis.models.synthetic import cell_network
 
 SIZE = 16
 NORM = 4.0

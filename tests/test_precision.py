@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import diversevis as dv
-from diversevis.optimize import optimize
-from diversevis.precision import PRECISIONS, check_precision, precision_context
-from diversevis.synthetic import cell_network
+from diversevis.core.optimize import optimize
+from diversevis.core.precision import PRECISIONS, check_precision, precision_context
+from diversevis.models.synthetic import cell_network
 
 
 def test_unknown_precisions_are_refused_with_the_choices():

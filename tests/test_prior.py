@@ -1,4 +1,4 @@
-"""Tests of the PixelCNN++ natural-image prior (diversevis.prior)."""
+"""Tests of the PixelCNN++ natural-image prior (diversevis.images.prior)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diversevis import prior as pr
-from diversevis.errors import DiversevisError
-from diversevis.prior import (
+from diversevis.core.errors import DiversevisError
+from diversevis.images import prior as pr
+from diversevis.images.prior import (
     MaskedConv2d,
     PixelCNNPrior,
     PriorConfig,
@@ -206,7 +206,7 @@ def test_training_lowers_validation_bits_per_dim(trained_tiny):
 
 
 def test_trained_prior_prefers_natural_patches_to_noise_of_same_contrast(trained_tiny):
-    from diversevis.naturals import sample_patches
+    from diversevis.images.naturals import sample_patches
 
     nat = pr.quantize(sample_patches(12, 64, seed=12345))
     mean = nat.mean(dim=(2, 3), keepdim=True)
@@ -260,7 +260,7 @@ def test_cache_round_trip(tmp_path, monkeypatch):
 
 def test_diverse_with_the_prior_makes_the_set_more_natural(trained_tiny):
     import diversevis as dv
-    from diversevis.synthetic import cell_network
+    from diversevis.models.synthetic import cell_network
 
     net = cell_network("texture", size=12)
     kw = dict(n_images=3, diversity=0.1, norm=1.0, mei=False, seed=0, max_iter=150, patience=0)

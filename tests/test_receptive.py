@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from diversevis import Network
-from diversevis._vgg16_onnx import build_vgg_features
-from diversevis.receptive import (
+from diversevis.core.receptive import (
     Placement,
     ReceptiveField,
     chain_receptive_fields,
@@ -21,8 +20,9 @@ from diversevis.receptive import (
     positions_inside,
     probe_receptive_field,
 )
-from diversevis.synthetic import cell_network
-from diversevis.zoo import VGGFeatures, vgg_aliases
+from diversevis.models.synthetic import cell_network
+from diversevis.models.vgg16_onnx import build_vgg_features
+from diversevis.models.zoo import VGGFeatures, vgg_aliases
 
 VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M"]
 VGG19_CFG += [512, 512, 512, 512, "M"]

@@ -19,9 +19,9 @@ import pytest
 
 import diversevis as dv
 from diversevis.cli import main
-from diversevis.report import write_report
-from diversevis.store import Store
-from diversevis.sweep import sweep
+from diversevis.study.report import write_report
+from diversevis.study.store import Store
+from diversevis.study.sweep import sweep
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -79,7 +79,7 @@ def _copy(store: Path, tmp_path: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------ files
 def test_templates_ship_as_package_data():
-    templates = resources.files("diversevis.report").joinpath("templates")
+    templates = resources.files("diversevis.study.report").joinpath("templates")
     names = {t.name for t in templates.iterdir()}
     assert {"base.html.j2", "index.html.j2", "layer.html.j2", "unit.html.j2"} <= names
 

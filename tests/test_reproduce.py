@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from diversevis.errors import DiversevisError
-from diversevis.reproduce import (
+from diversevis.core.errors import DiversevisError
+from diversevis.study.reproduce import (
     Preset,
     Section,
     _pixel_min_distance,
@@ -149,11 +149,11 @@ def test_cli_overrides_are_validated_and_named_in_the_study(tmp_path, capsys, mo
         (tmp_path / "verdicts.json").write_text("{}")
         return tmp_path / "report.md"
 
-    monkeypatch.setattr("diversevis.reproduce.reproduce", fake)
+    monkeypatch.setattr("diversevis.study.reproduce.reproduce", fake)
     assert (
         main(["reproduce", "--out", str(tmp_path), "--quick", "--units", "8", "--device", "cpu", "-q"]) == 0
     )
     assert seen["preset"].units == 8 and seen["preset"].baseline_units == 2 and seen["device"] == "cpu"
-    from diversevis.reproduce import _preset_name
+    from diversevis.study.reproduce import _preset_name
 
     assert _preset_name(seen["preset"]) == "quick (units=8)"

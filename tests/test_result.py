@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import diversevis as dv
-from diversevis.synthetic import cell_network
+from diversevis.models.synthetic import cell_network
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import diversevis as dv
-from diversevis.shift import TextureImage, crop_batch, crop_offsets, shift_test, super_gaussian_mask
-from diversevis.synthetic import cell_network
+from diversevis.methods.shift import TextureImage, crop_batch, crop_offsets, shift_test, super_gaussian_mask
+from diversevis.models.synthetic import cell_network
 
 RHO = 4.0
 

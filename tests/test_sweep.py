@@ -15,9 +15,9 @@ import torch
 
 import diversevis as dv
 from diversevis.cli import main
-from diversevis.dfv import diverse_units, mei_units
-from diversevis.store import INDEX_NAME, Store
-from diversevis.sweep import auto_distance_layer, parse_units
+from diversevis.methods.dfv import diverse_units, mei_units
+from diversevis.study.store import INDEX_NAME, Store
+from diversevis.study.sweep import auto_distance_layer, parse_units, sweep
 
 
 def test_unit_specs():
@@ -162,7 +162,7 @@ def test_bad_results_directories_give_clear_errors(tmp_path):
 
 
 def test_backend_choices_and_a_missing_ray_give_clear_errors(tmp_path, monkeypatch, capsys):
-    from diversevis.sweep import sweep
+    from diversevis.study.sweep import sweep
 
     with pytest.raises(dv.DiversevisError, match="unknown backend 'dask'; choose from local, ray"):
         sweep("cell:simple", ["response"], out=tmp_path / "a", backend="dask")
@@ -188,7 +188,7 @@ def test_a_unit_no_image_drives_is_flagged_and_its_ratio_tests_skipped(tmp_path)
         conv.weight[0, :, 2, :] = 1.0  # unit 0: a horizontal bar detector
         conv.bias.copy_(torch.tensor([0.0, -1.0]))
     net = dv.Network(torch.nn.Sequential(conv), name="dead-unit", input_size=5)
-    store = dv.sweep.sweep(
+    store = sweep(
         net,
         ["0"],
         "all",

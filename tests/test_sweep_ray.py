@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import diversevis as dv
-from diversevis.store import INDEX_NAME, Store
-from diversevis.sweep import sweep
+from diversevis.study.store import INDEX_NAME, Store
+from diversevis.study.sweep import sweep
 
 ray = pytest.importorskip("ray")
 

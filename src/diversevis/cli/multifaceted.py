@@ -1,0 +1,152 @@
+"""``diversevis multifaceted``: multifaceted feature visualization (Nguyen, Yosinski & Clune 2016).
+
+Clusters the unit's top natural patches into ``--k`` facets and optimises one image per facet from the
+facet's mean image. Writes ``grid.png`` (row per facet: members | mean | visualization), ``facets.npz``
+and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from diversevis.cli import (
+    _add_model_args,
+    _add_out_args,
+    _load,
+    _nonneg_float,
+    _nonneg_int,
+    _out_dir,
+    _positive_float,
+    _positive_int,
+)
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``multifaceted`` subcommand to ``sub`` and return its parser."""
+    p = sub.add_parser(
+        "multifaceted",
+        help="multifaceted visualization: cluster the unit's top natural patches, one image per facet",
+        description="Score random natural patches (the unit's receptive-field size), cluster the top ones "
+        "with k-means in a layer's features, and optimise one image per facet from the mean of its members "
+        "closest to the centroid (centre-biased jitter, TV regulariser). Writes grid.png, facets.npz and "
+        "result.json.",
+        epilog="Example: diversevis multifaceted -m vgg16 -l conv4_3 -u 10 --k 4 --candidates 2048",
+    )
+    _add_model_args(p)
+    p.add_argument("--layer", "-l", required=True, help="layer alias (conv4_3) or dot path (features.21)")
+    p.add_argument("--unit", "-u", type=_nonneg_int, required=True, help="channel index of the unit")
+    p.add_argument(
+        "--k", type=_positive_int, default=4, help="number of facets (k-means clusters; default: 4)"
+    )
+    p.add_argument("--top", type=_positive_int, default=128, help="top patches clustered (default: 128)")
+    p.add_argument(
+        "--candidates", type=_positive_int, default=2048, help="random natural patches scored (default: 2048)"
+    )
+    p.add_argument(
+        "--patch-size",
+        type=_positive_int,
+        default=None,
+        help="patch and image side in pixels (default: the unit's receptive-field size)",
+    )
+    p.add_argument(
+        "--match-contrast",
+        action="store_true",
+        help="give every patch the DFV contrast before scoring (receptive-field size only)",
+    )
+    p.add_argument(
+        "--embed-layer", default=None, help="layer whose features are clustered, or pixels (default: --layer)"
+    )
+    p.add_argument(
+        "--pool",
+        choices=["mean", "max", "flatten"],
+        default="mean",
+        help="spatial pooling of the embedding (default: mean)",
+    )
+    p.add_argument(
+        "--no-normalize", action="store_true", help="cluster raw embeddings instead of unit-norm ones"
+    )
+    p.add_argument(
+        "--pca", type=_positive_int, default=None, help="PCA components before k-means (default: none)"
+    )
+    p.add_argument(
+        "--n-mean",
+        type=_positive_int,
+        default=15,
+        help="members closest to the centroid averaged into the start image (default: 15, as the paper)",
+    )
+    p.add_argument("--lr", type=_positive_float, default=0.02, help="Adam learning rate (default: 0.02)")
+    p.add_argument("--max-iter", type=_positive_int, default=100, help="iterations (default: 100)")
+    p.add_argument(
+        "--patience", type=_nonneg_int, default=0, help="early-stopping patience (default: 0 = off)"
+    )
+    p.add_argument("--tv", type=_nonneg_float, default=2.0, help="total-variation weight (default: 2.0)")
+    p.add_argument(
+        "--facet-weight",
+        type=_nonneg_float,
+        default=0.0,
+        help="weight of a term keeping each image in its facet's embedding direction (default: 0, the paper)",
+    )
+    p.add_argument(
+        "--jitter", type=_nonneg_int, default=None, help="jitter margin in pixels (default: size/16; 0 = off)"
+    )
+    p.add_argument(
+        "--window",
+        type=_nonneg_float,
+        default=0.3,
+        help="jitter SD as a fraction of its range (default: 0.3)",
+    )
+    p.add_argument("--show", type=_positive_int, default=6, help="members shown per facet row (default: 6)")
+    p.add_argument("--batch", type=_positive_int, default=64, help="patches per forward pass (default: 64)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default: 0)")
+    _add_out_args(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``diversevis multifaceted``; returns the exit status."""
+    from diversevis.methods.classic.multifaceted import multifaceted
+
+    net = _load(args)
+    res = multifaceted(
+        net,
+        args.layer,
+        args.unit,
+        k=args.k,
+        top=args.top,
+        candidates=args.candidates,
+        patch_size=args.patch_size,
+        match_contrast=args.match_contrast,
+        embed_layer=args.embed_layer,
+        pool=args.pool,
+        normalize=not args.no_normalize,
+        pca=args.pca,
+        n_mean=args.n_mean,
+        lr=args.lr,
+        max_iter=args.max_iter,
+        patience=args.patience,
+        tv=args.tv,
+        facet_weight=args.facet_weight,
+        jitter=args.jitter,
+        window=args.window,
+        seed=args.seed,
+        batch=args.batch,
+        images=args.naturals,
+        progress=not args.quiet,
+    )
+    out = res.save(_out_dir(args, net), n_show=args.show)
+    s = res.spec
+    print(
+        f"{s['model']} {s['layer']} unit {s['unit']}: {res.k} facets of {s['top']} top patches "
+        f"({s['patch_size']} px, of {s['candidates']}), embedding {s['embed_layer']}; {s['seconds']:.1f}s "
+        f"(patches {s['exemplar_seconds']:.1f}s, optimisation {s['optimize_seconds']:.1f}s)"
+    )
+    for f in range(res.k):
+        print(
+            f"  facet {f}: {res.sizes[f]} patches, mean image {float(res.mean_activations[f]):.4g} -> "
+            f"visualization {float(res.activations[f]):.4g}"
+        )
+    print(f"  top natural patch {float(res.patch_activations.max()):.4g}")
+    print(f"  wrote {out / 'grid.png'}, {out / 'facets.npz'}, {out / 'result.json'}")
+    return 0

@@ -1,0 +1,380 @@
+"""``Network``: any ``nn.Module`` plus its input normalisation, layer aliases and receptive fields.
+
+Images live in *display space* (RGB in ``[0, 1]``, mean grey 0.5); :meth:`Network.normalize` maps them
+to the model's input space with the network's own ``(x - mean) / std``.
+
+The truncated forward (:meth:`Network.activations`) registers hooks only on the requested layers and
+stops the forward pass as soon as the last of them has produced its output, so visualising
+``conv3_1`` never runs ``conv3_2``, let alone the classifier head. Hooks are always removed, also when
+the forward pass raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from diversevis.core.errors import DiversevisError, LayerNotFoundError, did_you_mean
+from diversevis.core.receptive import (
+    Placement,
+    ReceptiveField,
+    chain_receptive_fields,
+    place_image,
+    probe_receptive_field,
+)
+
+__all__ = ["Network", "LayerInfo", "as_network"]
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every requested activation has been captured."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of :meth:`Network.list_layers`.
+
+    Attributes
+    ----------
+    name : str
+        Dot path of the module (``features.10``).
+    alias : str or None
+        Human alias (``conv3_1``) if the network defines one.
+    type : str
+        Module class name.
+    shape : tuple of int or None
+        Output shape ``(C, H, W)`` for the probe input size.
+    rf : int or None
+        Receptive-field size in input pixels (``None`` if not computed).
+    stride : int or None
+        Receptive-field stride in input pixels.
+    """
+
+    name: str
+    alias: str | None
+    type: str
+    shape: tuple[int, ...] | None
+    rf: int | None
+    stride: int | None
+
+
+class Network(nn.Module):
+    """A model wrapped for visualisation.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Any PyTorch model taking ``(N, C, H, W)`` images. It is put in eval mode, its parameters stop
+        requiring gradients, and in-place activations are switched off (so captured activations are
+        never overwritten by a later in-place ReLU).
+    mean, std : sequence of float, optional
+        Per-channel input normalisation in display units: the model sees ``(x - mean) / std`` for a
+        display-space image ``x`` in ``[0, 1]``. Defaults: identity (mean 0, std 1).
+    aliases : mapping, optional
+        Alias -> dot path (``{"conv3_1": "features.10"}``).
+    name : str, optional
+        Model name recorded in run specs (e.g. ``"vgg16-paper"``).
+    spec : str, optional
+        The spec that loads this model with :func:`diversevis.load_model` (set by the zoo; ``None`` for
+        models built in Python).
+    in_channels : int
+        Number of input channels (3 for RGB).
+    input_size : int
+        Default input side for :meth:`list_layers` (224 for ImageNet models).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        *,
+        aliases: Mapping[str, str] | None = None,
+        name: str | None = None,
+        spec: str | None = None,
+        in_channels: int = 3,
+        input_size: int = 224,
+    ) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise DiversevisError(f"Network needs an nn.Module, got {type(module).__name__}")
+        if isinstance(module, torch.jit.ScriptModule):
+            raise DiversevisError(
+                "TorchScript modules cannot be hooked layer by layer; pass the original Python nn.Module"
+            )
+        module.eval()
+        module.requires_grad_(False)
+        for m in module.modules():
+            if getattr(m, "inplace", False) is True:
+                m.inplace = False
+        self.module = module
+        self.channels_last = False
+        mean = [0.0] * in_channels if mean is None else list(mean)
+        std = [1.0] * in_channels if std is None else list(std)
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise DiversevisError(
+                f"mean and std need {in_channels} values (one per input channel), "
+                f"got {len(mean)} and {len(std)}"
+            )
+        if any(s <= 0 for s in std):
+            raise DiversevisError(f"std must be positive, got {std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.aliases: dict[str, str] = dict(aliases or {})
+        self.name = name or type(module).__name__
+        self.spec = spec
+        self.in_channels = in_channels
+        self.input_size = input_size
+        self._modules_by_name: dict[str, nn.Module] = {n: m for n, m in module.named_modules() if n}
+        for alias, target in self.aliases.items():
+            if target not in self._modules_by_name:
+                raise DiversevisError(
+                    f"alias {alias!r} points at {target!r}, which is not a module of the model"
+                )
+        self._rf_cache: dict[str, ReceptiveField] = {}
+        self._out_size_cache: dict[tuple[str, int], tuple[int, ...]] = {}
+
+    # ------------------------------------------------------------------ names
+    @cached_property
+    def _alias_of(self) -> dict[str, str]:
+        return {v: k for k, v in self.aliases.items()}
+
+    def resolve(self, layer: str) -> str:
+        """Return the dot path of ``layer`` (an alias or a dot path).
+
+        Raises
+        ------
+        LayerNotFoundError
+            With close matches among aliases and module names.
+        """
+        if not isinstance(layer, str):
+            raise LayerNotFoundError(f"layer names are strings, got {type(layer).__name__}")
+        if layer in self.aliases:
+            return self.aliases[layer]
+        if layer in self._modules_by_name:
+            return layer
+        choices = list(self.aliases) + list(self._modules_by_name)
+        shown = ", ".join(list(self.aliases)[:12] or list(self._modules_by_name)[:12])
+        listing = f"`diversevis layers --model {self.spec}`" if self.spec else "Network.list_layers()"
+        raise LayerNotFoundError(
+            f"unknown layer {layer!r} in {self.name}.{did_you_mean(layer, choices)} "
+            f"Layers include: {shown} (see {listing})"
+        )
+
+    def display_name(self, layer: str) -> str:
+        """Alias of a layer if it has one, else its dot path."""
+        path = self.resolve(layer)
+        return self._alias_of.get(path, path)
+
+    def layer_module(self, layer: str) -> nn.Module:
+        """The ``nn.Module`` of ``layer``."""
+        return self._modules_by_name[self.resolve(layer)]
+
+    # ---------------------------------------------------------------- forward
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's first parameter or buffer."""
+        for t in self.module.parameters():
+            return t.device
+        for t in self.module.buffers():
+            return t.device
+        return self.mean.device
+
+    def use_channels_last(self, enabled: bool = True) -> Network:
+        """Keep the weights, and feed the inputs, in ``channels_last`` (NHWC) memory format.
+
+        On CPUs oneDNN's NHWC convolution kernels are markedly faster for the small, many-channel maps of
+        truncated forwards (see ``benchmarks/bench_diverse.py``); results agree with the default format
+        to float rounding. Returns ``self``.
+        """
+        self.module.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        self.channels_last = bool(enabled)
+        return self
+
+    def _input(self, x: torch.Tensor, normalize: bool) -> torch.Tensor:
+        x = self.normalize(x) if normalize else x
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Display space ``[0, 1]`` -> model input space: ``(x - mean) / std``."""
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Full forward pass of a display-space batch ``(N, C, H, W)``."""
+        return self.module(self._input(x, True))
+
+    def activations(
+        self, x: torch.Tensor, layers: Sequence[str], *, normalize: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Truncated forward: the outputs of ``layers`` for a batch, stopping after the deepest one.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Images ``(N, C, H, W)``, display space if ``normalize`` else model space.
+        layers : sequence of str
+            Aliases or dot paths.
+
+        Returns
+        -------
+        dict
+            ``{layer: output}`` keyed by the names given; each output is the module's output (for a conv
+            layer followed by a ReLU that is the pre-ReLU activation, as the paper uses for its target).
+        """
+        paths = [self.resolve(layer) for layer in layers]
+        wanted = {p: self._modules_by_name[p] for p in dict.fromkeys(paths)}
+        captured: dict[str, torch.Tensor] = {}
+
+        def make_hook(path: str):
+            def hook(mod, inputs, output):
+                if path in captured:
+                    return
+                if not isinstance(output, torch.Tensor):
+                    raise DiversevisError(
+                        f"layer {path!r} returns {type(output).__name__}, not a tensor; "
+                        "choose one of its submodules"
+                    )
+                captured[path] = output
+                if len(captured) == len(wanted):
+                    raise _StopForward
+
+            return hook
+
+        handles = [m.register_forward_hook(make_hook(p)) for p, m in wanted.items()]
+        try:
+            self.module(self._input(x, normalize))
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [p for p in wanted if p not in captured]
+        if missing:
+            raise DiversevisError(f"layers {missing} were not reached by the forward pass of {self.name}")
+        return {layer: captured[p] for layer, p in zip(layers, paths)}
+
+    def output_shape(self, layer: str, size: int | tuple[int, int]) -> tuple[int, ...]:
+        """Output shape ``(C, H, W)`` of ``layer`` for a square (or ``(H, W)``) input; ``()`` if too small."""
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        key = (self.resolve(layer), hw)
+        if key not in self._out_size_cache:
+            x = torch.full((1, self.in_channels, *hw), 0.5, device=self.device)
+            try:
+                with torch.no_grad():
+                    out = self.activations(x, [layer])[layer]
+                shape = tuple(out.shape[1:])
+            except RuntimeError:  # input too small for this layer
+                shape = ()
+            self._out_size_cache[key] = shape
+        return self._out_size_cache[key]
+
+    def channels(self, layer: str) -> int:
+        """Number of channels (units) of a layer."""
+        shape = self.output_shape(layer, self.input_size)
+        if not shape:
+            raise DiversevisError(f"layer {layer!r} produces no output for a {self.input_size}px input")
+        return int(shape[0])
+
+    # -------------------------------------------------------- receptive fields
+    @cached_property
+    def _chain(self) -> tuple[dict[str, ReceptiveField | None], dict[str, tuple[int, ...]]]:
+        x = torch.zeros(1, self.in_channels, self.input_size, self.input_size, device=self.device)
+        names = {m: n for n, m in self.module.named_modules() if n}
+        return chain_receptive_fields(self.module, x, names)
+
+    def receptive_field(self, layer: str) -> ReceptiveField:
+        """Receptive field of ``layer``: analytic on conv/pool chains, gradient probe otherwise."""
+        path = self.resolve(layer)
+        if path not in self._rf_cache:
+            rf = self._chain[0].get(path)
+            if rf is None:
+                rf = probe_receptive_field(
+                    lambda z: self.activations(z, [path], normalize=False)[path],
+                    self.in_channels,
+                    size=max(32, min(self.input_size, 64)),
+                    device=self.device,
+                )
+            self._rf_cache[path] = rf
+        return self._rf_cache[path]
+
+    def placement(self, layer: str) -> Placement:
+        """Where an RF-sized image goes in the canvas, and which unit of ``layer`` reads it."""
+        rf = self.receptive_field(layer)
+
+        def out_size(s: int) -> int:
+            shape = self.output_shape(layer, s)
+            return int(min(shape[-2:])) if len(shape) == 3 else 0
+
+        return place_image(rf, out_size)
+
+    def list_layers(self, input_size: int | None = None) -> list[LayerInfo]:
+        """Table of the network's layers in execution order.
+
+        Parameters
+        ----------
+        input_size : int, optional
+            Square input side used to report output shapes (default ``self.input_size``).
+
+        Returns
+        -------
+        list of LayerInfo
+            Receptive fields are analytic where the layer lies on a conv/pool chain, else ``None``
+            (use :meth:`receptive_field` to probe one layer). Layers that the input is too small to reach
+            are left out.
+        """
+        if input_size is None or input_size == self.input_size:
+            rfs, shapes = self._chain
+        else:
+            x = torch.zeros(1, self.in_channels, input_size, input_size, device=self.device)
+            rfs, shapes = chain_receptive_fields(self.module, x)
+        if not shapes:
+            raise DiversevisError(
+                f"a {input_size or self.input_size}px input is too small for every layer of {self.name}"
+            )
+        rows = []
+        for name, shape in shapes.items():
+            rf = rfs.get(name)
+            rows.append(
+                LayerInfo(
+                    name=name,
+                    alias=self._alias_of.get(name),
+                    type=type(self._modules_by_name[name]).__name__,
+                    shape=shape,
+                    rf=rf.size if rf else None,
+                    stride=rf.stride if rf else None,
+                )
+            )
+        return rows
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, in_channels={self.in_channels}, aliases={len(self.aliases)}"
+
+
+#: Loader of model spec strings (``"vgg16-paper"``, ``"file:net.pt"``), registered by the model registry
+#: (:mod:`diversevis.models.zoo`) when it is imported, so that the engine does not import the registry.
+_spec_loader: Callable[..., Network] | None = None
+
+
+def register_spec_loader(loader: Callable[..., Network]) -> None:
+    """Set the function that :func:`as_network` calls for a spec string (the registry's ``load_model``)."""
+    global _spec_loader
+    _spec_loader = loader
+
+
+def as_network(model: Network | nn.Module | str, **kwargs) -> Network:
+    """Accept a :class:`Network`, a plain ``nn.Module`` (identity normalisation) or a zoo spec string."""
+    if isinstance(model, Network):
+        return model
+    if isinstance(model, str):
+        if _spec_loader is None:  # pragma: no cover - ``import diversevis`` imports the registry
+            raise DiversevisError("no model registry loaded: import diversevis first")
+        return _spec_loader(model, **kwargs)
+    if isinstance(model, nn.Module):
+        return Network(model)
+    raise DiversevisError(f"expected a Network, an nn.Module or a model name, got {type(model).__name__}")

@@ -1,0 +1,341 @@
+"""The optimisation loop shared by every method: Adam, EMA-loss early stopping, best iterate, callbacks.
+
+Early stopping follows the reference code (method.md A.8): ``ema_0 = L_0``,
+``ema_t = alpha * ema_{t-1} + (1 - alpha) * L_t``; the run stops once the EMA has not reached a new
+minimum for more than ``patience`` consecutive iterations. Unlike the reference code the loop returns
+the *best* iterate (lowest loss seen), not the last one.
+
+All bookkeeping (loss history, EMA, best images) stays on the device; the host synchronises only every
+``check_every`` steps (1 on CPU, where it is free; 25 on GPUs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from diversevis.core.precision import check_precision, precision_context
+
+__all__ = ["StepInfo", "OptimizeResult", "optimize"]
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after each host check.
+
+    Attributes
+    ----------
+    step : int
+        Index of the iteration just taken (0-based).
+    loss : float
+        Its loss.
+    ema : float
+        Smoothed loss.
+    images : torch.Tensor
+        The images the loss was computed on (detached).
+    """
+
+    step: int
+    loss: float
+    ema: float
+    images: torch.Tensor
+
+
+@dataclass
+class OptimizeResult:
+    """Outcome of :func:`optimize`.
+
+    Attributes
+    ----------
+    images : torch.Tensor
+        The best iterate (lowest loss), detached.
+    best_loss : float
+        Its loss.
+    best_step : int
+        Iteration at which it was reached.
+    n_iter : int
+        Iterations run.
+    stopped_early : bool
+        Whether early stopping (or a callback) ended the run before ``max_iter``.
+    history : numpy.ndarray
+        ``(n_iter,)`` loss per iteration.
+    seconds : float
+        Wall time of the loop.
+    """
+
+    images: torch.Tensor
+    best_loss: float
+    best_step: int
+    n_iter: int
+    stopped_early: bool
+    history: np.ndarray
+    seconds: float
+
+    def summary(self) -> dict[str, int | bool | float]:
+        """The run's counts and timing, for run specs."""
+        return {
+            "n_iter": self.n_iter,
+            "best_step": self.best_step,
+            "stopped_early": self.stopped_early,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def optimize(
+    param: nn.Module,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    lr: float = 1.0,
+    max_iter: int = 1000,
+    patience: int = 100,
+    ema: float = 0.9,
+    check_every: int | None = None,
+    callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
+    progress: bool = False,
+    desc: str = "optimise",
+    precision: str = "fp32",
+) -> OptimizeResult:
+    """Minimise ``loss_fn(param())`` with Adam over ``param``'s parameters.
+
+    Parameters
+    ----------
+    param : nn.Module
+        Image parametrisation; ``param()`` returns the images ``(N, C, H, W)``.
+    loss_fn : callable
+        Images -> scalar loss tensor.
+    lr : float
+        Adam learning rate (betas 0.9/0.999, eps 1e-8 as in TensorFlow).
+    max_iter : int
+        Maximum number of iterations.
+    patience : int
+        Stop when the EMA loss has not improved for more than this many iterations (``0`` disables).
+    ema : float
+        EMA coefficient ``alpha``.
+    check_every : int, optional
+        Host-synchronisation period for early stopping, progress and callbacks.
+    callbacks : iterable of callables
+        Called with a :class:`StepInfo` at each check; returning ``True`` stops the run.
+    progress : bool
+        Show a tqdm progress bar.
+    desc : str
+        Progress-bar label.
+    precision : {"fp32", "tf32", "bf16"}
+        Precision of the forward pass (:func:`~diversevis.precision.precision_context`); images, Adam
+        and the bookkeeping stay in float32.
+
+    Returns
+    -------
+    OptimizeResult
+    """
+    return optimize_groups(
+        param,
+        loss_fn,
+        groups=1,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        check_every=check_every,
+        callbacks=callbacks,
+        progress=progress,
+        desc=desc,
+        precision=precision,
+    )[0]
+
+
+def optimize_groups(
+    param: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    *,
+    groups: int,
+    lr: float = 1.0,
+    max_iter: int = 1000,
+    patience: int = 100,
+    ema: float = 0.9,
+    check_every: int | None = None,
+    callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
+    progress: bool = False,
+    desc: str = "optimise",
+    compact: bool = False,
+    precision: str = "fp32",
+) -> list[OptimizeResult]:
+    """Optimise ``groups`` independent problems in one batch, each with its own early stopping.
+
+    ``param()`` returns ``groups * M`` images, group ``g`` owning images ``g * M .. (g + 1) * M - 1``;
+    ``loss_fn`` returns one loss per group, ``(groups,)`` (or a scalar when ``groups == 1``), and must
+    make group ``g``'s loss depend only on group ``g``'s images. Adam is elementwise, so each group follows
+    exactly the trajectory it would follow alone; a group whose EMA loss stops improving is *frozen*:
+    its best iterate, loss history and iteration count are final, and the run ends when every group is
+    frozen (or a callback stops it).
+
+    Parameters
+    ----------
+    compact : bool
+        Drop frozen groups from the batch, so late iterations cost only what the groups still running
+        need. Every parameter of ``param`` (and every buffer with the same leading size) must then hold
+        its rows group by group (leading dimension ``active_groups * rows_per_group``); they are sliced
+        in place together with Adam's state, and ``loss_fn`` is called as ``loss_fn(images, groups)``
+        with ``groups`` the ``(B,)`` long tensor of the original indices of the groups in the batch,
+        returning ``(B,)`` losses. Without ``compact`` (default) frozen groups ride along in the batch
+        and ``loss_fn(images)`` is called.
+
+    Other parameters are those of :func:`optimize`.
+
+    Returns
+    -------
+    list of OptimizeResult
+        One per group (``seconds`` is the wall time of the whole batch).
+    """
+    if max_iter < 1:
+        raise ValueError("max_iter must be >= 1")
+    check_precision(precision)
+    params = [p for p in param.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    device = params[0].device
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 25
+    callbacks = list(callbacks)
+    G = groups
+    if compact:
+        bad_rows = [tuple(p.shape) for p in params if p.dim() == 0 or p.shape[0] % G]
+        if bad_rows:
+            raise ValueError(f"compact=True needs parameters with groups ({G}) x rows, got shapes {bad_rows}")
+
+    history = torch.full((max_iter, G), math.nan, device=device)
+    ema_t = torch.zeros(G, device=device)
+    ema_min = torch.full((G,), math.inf, device=device)
+    bad = torch.zeros(G, dtype=torch.long, device=device)
+    best_loss = torch.full((G,), math.inf, device=device)
+    best_step = torch.zeros(G, dtype=torch.long, device=device)
+    active = torch.ones(G, dtype=torch.bool, device=device)
+    n_iter = torch.full((G,), max_iter, dtype=torch.long, device=device)
+    idx = torch.arange(G, device=device)  # original indices of the groups in the batch
+    best_images: torch.Tensor | None = None
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_iter, desc=desc, leave=False, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    stopped_by_callback = False
+    it = 0
+    lt = torch.zeros(G, device=device)
+    try:
+        for it in range(max_iter):
+            images = param()
+            B = len(idx)
+            with precision_context(device, precision):
+                losses = (loss_fn(images, idx) if compact else loss_fn(images)).reshape(B).float()
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            with torch.no_grad():
+                lt = losses.detach()
+                history[it, idx] = lt
+                grouped = images.detach().reshape(B, -1, *images.shape[1:])
+                act = active[idx]
+                better = (lt < best_loss[idx]) & act
+                if best_images is None:
+                    best_images = grouped.clone()
+                else:
+                    best_images[idx] = torch.where(
+                        better.view(B, *([1] * (grouped.dim() - 1))), grouped, best_images[idx]
+                    )
+                best_step[idx] = torch.where(
+                    better, torch.full_like(lt, it, dtype=torch.long), best_step[idx]
+                )
+                best_loss[idx] = torch.where(act, torch.minimum(best_loss[idx], lt), best_loss[idx])
+                new_ema = lt.clone() if it == 0 else ema * ema_t[idx] + (1 - ema) * lt
+                ema_b = torch.where(act, new_ema, ema_t[idx])
+                ema_t[idx] = ema_b
+                improved = ema_b < ema_min[idx]
+                ema_min[idx] = torch.where(act, torch.minimum(ema_min[idx], ema_b), ema_min[idx])
+                bad_b = bad[idx]
+                bad[idx] = torch.where(act, torch.where(improved, torch.zeros_like(bad_b), bad_b + 1), bad_b)
+            opt.step()
+            if (it + 1) % check_every == 0 or it == max_iter - 1:
+                if bar is not None:
+                    bar.update(it + 1 - bar.n)
+                    post = {"loss": f"{float(lt.sum()):.4g}"}
+                    if G > 1:
+                        post["active"] = int(active.sum())
+                    bar.set_postfix(post, refresh=False)  # tqdm's own mininterval limits redraws
+                if callbacks:
+                    info = StepInfo(
+                        step=it, loss=float(lt.sum()), ema=float(ema_t.sum()), images=images.detach()
+                    )
+                    if any(cb(info) is True for cb in callbacks):
+                        stopped_by_callback = True
+                        break
+                if patience > 0:
+                    done = active & (bad > patience)
+                    if bool(done.any()):
+                        n_iter = torch.where(done, torch.full_like(n_iter, it + 1), n_iter)
+                        active = active & ~done
+                        if not bool(active.any()):
+                            break
+                        if compact:
+                            idx = _drop_frozen(param, opt, idx, active[idx])
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    if stopped_by_callback:
+        n_iter = torch.where(active, torch.full_like(n_iter, it + 1), n_iter)
+    hist = history[: it + 1].cpu().numpy()
+    out = []
+    for g in range(G):
+        n = int(n_iter[g])
+        out.append(
+            OptimizeResult(
+                images=best_images[g],
+                best_loss=float(best_loss[g]),
+                best_step=int(best_step[g]),
+                n_iter=n,
+                stopped_early=stopped_by_callback or n < max_iter or bool(not active[g]),
+                history=hist[:n, g].copy(),
+                seconds=seconds,
+            )
+        )
+    return out
+
+
+def _drop_frozen(
+    param: nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """Slice ``param``'s rows (and Adam's state) to the groups in ``keep``; returns the new ``idx``.
+
+    Each trainable parameter is replaced by a new one holding the kept rows, in the module and in the
+    optimizer, with its Adam moments sliced the same way (the step count is shared, so it carries
+    over); buffers with the parameters' leading size (e.g. per-image norms) are sliced as well.
+    """
+    B = len(idx)
+    group = opt.param_groups[0]
+    sizes: set[int] = set()
+    with torch.no_grad():
+        for mod in param.modules():
+            for name, p in list(mod.named_parameters(recurse=False)):
+                if not p.requires_grad:
+                    continue
+                n_rows = p.shape[0]
+                rows = keep.repeat_interleave(n_rows // B)
+                new = nn.Parameter(p.detach()[rows].clone())
+                setattr(mod, name, new)
+                group["params"] = [new if q is p else q for q in group["params"]]
+                state = opt.state.pop(p, {})
+                opt.state[new] = {
+                    k: v[rows].clone() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n_rows else v
+                    for k, v in state.items()
+                }
+                sizes.add(n_rows)
+        for mod in param.modules():
+            for name, buf in list(mod.named_buffers(recurse=False)):
+                if buf.dim() > 0 and buf.shape[0] in sizes:
+                    setattr(mod, name, buf[keep.repeat_interleave(buf.shape[0] // B)].clone())
+    return idx[keep]

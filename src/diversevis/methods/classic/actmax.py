@@ -1,0 +1,533 @@
+"""Activation maximisation for deep units and class logits (Erhan et al. 2009; Olah et al. 2017).
+
+The image that maximises one unit is searched in a parametrisation that favours natural-looking
+solutions (Lucid's recipe, re-implemented):
+
+* **FFT parametrisation** (:class:`~diversevis.params.FFTImage`): Fourier coefficients scaled by
+  ``1/|f|^decay_power``, so Adam's steps follow the 1/f spectrum of natural images;
+* **colour decorrelation** (:func:`~diversevis.images.color.natural_color_matrix`): the three channels are
+  optimised in the principal-component space of natural colours measured on the bundled photos;
+* a **constraint** to display space: ``sigmoid`` (Lucid) or ``norm`` (the paper's fixed L2 contrast
+  around grey, clamped to ``[0, 1]``);
+* **random transforms** (:class:`~diversevis.transforms.RandomTransforms`): grey padding, jitter, scale
+  and rotation drawn independently for every image at every step;
+* optional **L1** (distance from grey) and **total-variation** penalties;
+* optional **redirected ReLU** gradients (:class:`RedirectedReLU`) during the first steps, for units
+  whose images stay grey because every path to them starts dead.
+
+Target: for a convolutional layer the unit at the spatial position whose receptive-field centre is
+nearest the image centre (``objective="center"``) or the channel's mean over positions
+(``objective="channel"``); for a layer with a flat output ``(N, K)`` (class logits) entry ``unit``.
+Activations are read at the layer's output (pre-ReLU for a conv layer followed by a ReLU module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diversevis.core.errors import DiversevisError
+from diversevis.core.network import Network, as_network
+from diversevis.core.objectives import pairwise_rms_matrix
+from diversevis.core.optimize import StepInfo, optimize
+from diversevis.core.params import CONSTRAINTS, DecorrelatedImage
+from diversevis.core.result import Result
+from diversevis.core.transforms import RandomTransforms
+from diversevis.images.color import natural_color_matrix
+from diversevis.methods.classic.inversion import tv_norm
+from diversevis.methods.dfv import versions
+
+__all__ = [
+    "actmax",
+    "redirected_relu_grad",
+    "redirected_relu",
+    "RedirectedReLU",
+    "OBJECTIVES",
+    "center_index",
+    "read_target",
+]
+
+#: How a convolutional layer's map is read: the centre unit, or the channel mean over positions.
+OBJECTIVES = ("center", "channel")
+
+
+# ------------------------------------------------------------------------------------- redirected ReLU
+
+
+def redirected_relu_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient of the redirected ReLU with respect to its input.
+
+    Where a sample's plain ReLU gradient ``grad * (x > 0)`` is non-zero it is returned unchanged.
+    For a sample whose plain gradient is zero everywhere (all its inputs that matter are negative),
+    the gradient also flows where ``x <= 0`` if it points towards increasing ``x`` under gradient
+    descent (``grad < 0``), so the optimiser can revive the dead units (Lucid's ``redirected_relu_grad``).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, ...)`` ReLU input.
+    grad : torch.Tensor
+        ``(N, ...)`` gradient of the loss (to be minimised) with respect to the ReLU output.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, ...)`` gradient with respect to ``x``.
+    """
+    pos = x > 0
+    plain = torch.where(pos, grad, torch.zeros_like(grad))
+    redirected = torch.where(pos | (grad < 0), grad, torch.zeros_like(grad))
+    dead = plain.flatten(1).abs().amax(1) == 0 if plain.dim() > 1 else plain.abs().amax() == 0
+    dead = dead.view(-1, *([1] * (plain.dim() - 1))) if plain.dim() > 1 else dead
+    return torch.where(dead, redirected, plain)
+
+
+class _RedirectedReLUFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return redirected_relu_grad(x, grad)
+
+
+def redirected_relu(x: torch.Tensor) -> torch.Tensor:
+    """``relu(x)`` whose backward pass is :func:`redirected_relu_grad`."""
+    return _RedirectedReLUFn.apply(x)
+
+
+class RedirectedReLU:
+    """Context manager: the ``nn.ReLU`` modules of ``module`` use redirected gradients while ``active``.
+
+    Forward hooks on every ``nn.ReLU`` replace its output by :func:`redirected_relu` of its input (same
+    values, different backward). The hooks are removed on exit, also when the block raises, so the model
+    is left exactly as it was. ReLUs applied as functions (``F.relu`` inside ``forward``) are not seen.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The model (e.g. ``Network.module``).
+    active : bool
+        Initial state; set the attribute to switch redirection on or off between steps.
+
+    Attributes
+    ----------
+    n_relus : int
+        Number of ReLU modules hooked (0 outside the ``with`` block).
+    """
+
+    def __init__(self, module: nn.Module, active: bool = True) -> None:
+        self.module = module
+        self.active = active
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def n_relus(self) -> int:
+        return len(self._handles)
+
+    def _hook(self, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if not self.active or not torch.is_grad_enabled():
+            return None
+        return redirected_relu(inputs[0])
+
+    def __enter__(self) -> RedirectedReLU:
+        try:
+            for m in self.module.modules():
+                if type(m) is nn.ReLU:
+                    self._handles.append(m.register_forward_hook(self._hook))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+
+# -------------------------------------------------------------------------------------------- reading
+
+
+def center_index(net: Network, layer: str, input_size: int, map_size: int) -> int:
+    """Index of the unit whose receptive-field centre is nearest the centre of a square input.
+
+    Parameters
+    ----------
+    net : Network
+        The network.
+    layer : str
+        Layer name.
+    input_size : int
+        Side of the input in pixels.
+    map_size : int
+        Side of the layer's output map for that input.
+
+    Returns
+    -------
+    int
+        Row (= column) index in ``[0, map_size)``; the map's middle ``map_size // 2`` if the receptive
+        field cannot be worked out.
+    """
+    try:
+        rf = net.receptive_field(layer)
+    except Exception:  # noqa: BLE001 - any failure of the probe falls back to the map's middle
+        return map_size // 2
+    i = round(((input_size - 1) / 2 - rf.start) / rf.stride)
+    return int(min(max(i, 0), map_size - 1))
+
+
+def read_target(a: torch.Tensor, unit: int, objective: str, index: int | None = None) -> torch.Tensor:
+    """Per-image target value from a layer output.
+
+    Parameters
+    ----------
+    a : torch.Tensor
+        ``(N, K)`` (logits) or ``(N, K, H, W)`` (feature maps).
+    unit : int
+        Channel or class index.
+    objective : {"center", "channel"}
+        Read the unit at ``(index, index)`` or the channel's mean over positions (maps only).
+    index : int, optional
+        Row/column of the centre unit (default ``H // 2`` and ``W // 2``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)``.
+    """
+    if a.dim() == 2:
+        return a[:, unit]
+    if a.dim() == 4:
+        if objective == "channel":
+            return a[:, unit].mean((1, 2))
+        i = a.shape[2] // 2 if index is None else index
+        j = a.shape[3] // 2 if index is None else index
+        return a[:, unit, i, j]
+    raise DiversevisError(
+        f"cannot read a unit from a layer output of shape {tuple(a.shape)} (expected 2-D or 4-D)"
+    )
+
+
+class _Reader:
+    """Target read-out with the centre index cached per input size."""
+
+    def __init__(self, net: Network, layer: str, unit: int, objective: str) -> None:
+        self.net, self.layer, self.unit, self.objective = net, layer, unit, objective
+        self._index: dict[int, int] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.net.activations(x, [self.layer])[self.layer]
+        index = None
+        if a.dim() == 4 and self.objective == "center":
+            s = x.shape[-1]
+            if s not in self._index:
+                self._index[s] = center_index(self.net, self.layer, s, a.shape[-1])
+            index = self._index[s]
+        return read_target(a, self.unit, self.objective, index)
+
+
+def _check_target(net: Network, layer: str, unit: int | None, size: int, objective: str) -> int:
+    """Validate layer/unit/size; return the unit index."""
+    net.resolve(layer)
+    if objective not in OBJECTIVES:
+        raise DiversevisError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    shape = net.output_shape(layer, size)
+    if not shape:
+        try:
+            rf = f" (its receptive field is {net.receptive_field(layer).size}px)"
+        except Exception:  # noqa: BLE001
+            rf = ""
+        raise DiversevisError(
+            f"layer {net.display_name(layer)!r} produces no output for a {size}px image{rf}; use a larger size"
+        )
+    if len(shape) not in (1, 3):
+        raise DiversevisError(
+            f"layer {net.display_name(layer)!r} outputs shape {shape}; actmax reads (K,) logits or (K, H, W) maps"
+        )
+    k = int(shape[0])
+    if unit is None:
+        if k != 1:
+            kind = "class index" if len(shape) == 1 else "channel index"
+            raise DiversevisError(
+                f"layer {net.display_name(layer)!r} has {k} units; give unit= (a {kind} in 0..{k - 1})"
+            )
+        return 0
+    if isinstance(unit, bool) or not isinstance(unit, int):
+        raise DiversevisError(f"unit must be an int index, got {unit!r}")
+    if not 0 <= unit < k:
+        raise DiversevisError(
+            f"unit {unit} is out of range for layer {net.display_name(layer)!r}, which has {k} units "
+            f"(valid: 0..{k - 1})"
+        )
+    return unit
+
+
+# --------------------------------------------------------------------------------------------- actmax
+
+
+def actmax(
+    model: Network | nn.Module | str,
+    layer: str,
+    unit: int | None = None,
+    *,
+    n_images: int = 1,
+    size: int = 128,
+    objective: str = "center",
+    fft: bool = True,
+    decay_power: float = 1.0,
+    decorrelate: bool = True,
+    constraint: str = "sigmoid",
+    contrast: float = 0.5,
+    norm: float | None = None,
+    transforms: bool = True,
+    pad: int = 12,
+    jitter: int = 8,
+    scale: tuple[float, float] = (0.9, 1.1),
+    rotate: float = 10.0,
+    l1: float = 0.0,
+    tv: float = 0.0,
+    tv_beta: float = 2.0,
+    redirect_relu: int = 0,
+    init_sd: float = 0.01,
+    lr: float = 0.1,
+    max_iter: int = 512,
+    patience: int = 100,
+    ema: float = 0.9,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    images: str | Path | None = None,
+    progress: bool = False,
+    callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
+) -> Result:
+    """Activation maximisation of one unit (or class logit) with Lucid-style regularisation.
+
+    Minimises, over the image parameters,
+
+        mean_i [ -a(T_i(x_i)) + l1 * mean|x_i - 0.5| + tv * R_V(x_i) / (C H W) ]
+
+    where ``a`` is the target value, ``T_i`` a fresh random transform per image and step, and
+    ``R_V`` the total variation :func:`~diversevis.classic.inversion.tv_norm` with exponent ``tv_beta``.
+
+    Parameters
+    ----------
+    model : Network, nn.Module or str
+        The network (a zoo name is loaded).
+    layer : str
+        Target layer (alias or dot path); its output is read (pre-ReLU for conv layers).
+    unit : int, optional
+        Channel index, or class index for a logit layer; may be omitted for single-unit layers.
+    n_images : int
+        Number of images optimised independently (different random starts and transforms).
+    size : int
+        Image side in pixels (128 by default; 224 for full ImageNet views).
+    objective : {"center", "channel"}
+        For feature maps: the unit nearest the image centre, or the mean over all positions.
+    fft : bool
+        Fourier parametrisation (else free pixels).
+    decay_power : float
+        Spectrum fall-off ``1/|f|^decay_power`` of the Fourier parametrisation.
+    decorrelate : bool
+        Optimise in decorrelated colour space (natural-image colour matrix; RGB networks only).
+    constraint : {"sigmoid", "norm"}
+        Map to ``[0, 1]`` by a sigmoid, or by a fixed L2 norm around grey (``contrast`` times the mean
+        natural-patch norm at this size, or ``norm``) clamped to ``[0, 1]``.
+    contrast : float
+        For ``constraint="norm"``: fraction of the natural-patch norm (the paper's 0.5).
+    norm : float, optional
+        For ``constraint="norm"``: absolute L2 norm in display units (overrides ``contrast``).
+    transforms : bool
+        Apply random transforms (``pad``, ``jitter``, ``scale``, ``rotate``) before the network.
+    pad : int
+        Grey border in pixels.
+    jitter : int
+        Maximum shift in pixels.
+    scale : (float, float)
+        Range of scale factors.
+    rotate : float
+        Maximum rotation in degrees.
+    l1 : float
+        Weight of the mean absolute deviation from grey.
+    tv : float
+        Weight of the per-value total variation.
+    tv_beta : float
+        Exponent ``beta`` of the total variation.
+    redirect_relu : int
+        Number of initial steps with redirected ReLU gradients (0 = off).
+    init_sd : float
+        SD of the initial parameters.
+    lr, max_iter, patience, ema : float, int, int, float
+        Adam learning rate (the FFT parametrisation is normalised so that ``lr`` is roughly the RMS
+        change of the unconstrained image per step; 0.1 matches Lucid's default of 0.05 with its
+        factor 1/4) and the shared loop's stopping settings.
+    seed : int
+        Seed of the initial images and of the transforms; the same seed gives the same result on CPU.
+    device : str, optional
+        Move the network there.
+    images : str or Path, optional
+        Natural-image folder for the colour matrix and contrast (default: the bundled photos).
+    progress : bool
+        Show a progress bar.
+    callbacks : iterable of callables
+        Passed to :func:`~diversevis.optimize.optimize`.
+
+    Returns
+    -------
+    Result
+        ``images`` ``(n_images, C, size, size)`` in ``[0, 1]``; ``activations`` ``(n_images,)`` read on
+        the untransformed images; ``spec`` with every setting, ``grey_activation`` (the target value of a
+        uniform grey image), counts, timings and versions.
+    """
+    if not isinstance(n_images, int) or n_images < 1:
+        raise DiversevisError(f"n_images must be an int >= 1, got {n_images!r}")
+    if not isinstance(size, int) or size < 1:
+        raise DiversevisError(f"size must be a positive int, got {size!r}")
+    if constraint not in CONSTRAINTS:
+        raise DiversevisError(f"unknown constraint {constraint!r}; choose one of {', '.join(CONSTRAINTS)}")
+    for name, v in (
+        ("l1", l1),
+        ("tv", tv),
+        ("redirect_relu", redirect_relu),
+        ("pad", pad),
+        ("jitter", jitter),
+    ):
+        if v < 0:
+            raise DiversevisError(f"{name} must be >= 0, got {v}")
+    if rotate < 0 or not 0 < scale[0] <= scale[1]:
+        raise DiversevisError(
+            f"need rotate >= 0 and 0 < scale[0] <= scale[1], got rotate={rotate}, scale={scale}"
+        )
+    if not lr > 0 or not init_sd > 0:
+        raise DiversevisError(f"lr and init_sd must be > 0, got {lr} and {init_sd}")
+
+    net = as_network(model)
+    if device is not None:
+        net.to(device)
+    unit = _check_target(net, layer, unit, size, objective)
+    channels = net.in_channels
+    if decorrelate and channels != 3:
+        decorrelate = False  # colour decorrelation is defined for RGB only
+    color = natural_color_matrix(images) if decorrelate else None
+    if constraint == "norm" and norm is None:
+        if not contrast > 0:
+            raise DiversevisError(f"contrast must be > 0, got {contrast}")
+        if channels != 3:
+            raise DiversevisError("natural-image contrast needs an RGB network; give an absolute norm=")
+        from diversevis.images.naturals import natural_patch_norm
+
+        norm_value = contrast * natural_patch_norm(size, folder=images)
+    elif constraint == "norm":
+        if not norm > 0:
+            raise DiversevisError(f"norm must be > 0, got {norm}")
+        norm_value = float(norm)
+    else:
+        norm_value = None
+
+    gen = torch.Generator().manual_seed(seed)
+    param = DecorrelatedImage(
+        n_images,
+        channels,
+        size,
+        fft=fft,
+        color_matrix=color,
+        constraint=constraint,
+        norm=norm_value,
+        decay_power=decay_power,
+        sd=init_sd,
+        generator=gen,
+        device=net.device,
+    )
+    tf = RandomTransforms(pad, jitter, scale, rotate) if transforms else None
+    reader = _Reader(net, layer, unit, objective)
+    with torch.no_grad():
+        grey_activation = float(reader(torch.full((1, channels, size, size), 0.5, device=net.device))[0])
+
+    relu = RedirectedReLU(net.module, active=redirect_relu > 0)
+    step = [0]
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        relu.active = step[0] < redirect_relu
+        step[0] += 1
+        xt = tf(x, gen) if tf is not None else x
+        per_image = -reader(xt)
+        if l1 > 0:
+            per_image = per_image + l1 * (x - 0.5).abs().flatten(1).mean(1)
+        if tv > 0:
+            per_image = per_image + tv * tv_norm(x, tv_beta, reduce=False) / x[0].numel()
+        return per_image.mean()
+
+    label = f"actmax {net.display_name(layer)}:{unit}"
+    with relu if redirect_relu > 0 else contextlib.nullcontext():
+        n_relus = relu.n_relus
+        opt = optimize(
+            param,
+            loss_fn,
+            lr=lr,
+            max_iter=max_iter,
+            patience=patience,
+            ema=ema,
+            progress=progress,
+            desc=label,
+            callbacks=callbacks,
+        )
+
+    with torch.no_grad():
+        acts = reader(opt.images)
+    imgs = opt.images.detach().cpu()
+    dist = pairwise_rms_matrix((imgs - 0.5).flatten(1)) if n_images > 1 else torch.zeros(1, 1)
+    spec: dict[str, Any] = {
+        "method": "actmax",
+        "model": net.name,
+        "layer": net.display_name(layer),
+        "layer_path": net.resolve(layer),
+        "unit": unit,
+        "objective": objective,
+        "n_images": n_images,
+        "image_size": size,
+        "fft": fft,
+        "decay_power": decay_power if fft else None,
+        "decorrelate": decorrelate,
+        "color_matrix": None if color is None else [[round(float(v), 6) for v in row] for row in color],
+        "constraint": constraint,
+        "contrast": contrast if constraint == "norm" and norm is None else None,
+        "norm": norm_value,
+        "transforms": None if tf is None else tf.spec(),
+        "l1": l1,
+        "tv": tv,
+        "tv_beta": tv_beta if tv > 0 else None,
+        "redirect_relu": redirect_relu,
+        "redirected_relus": n_relus,
+        "init_sd": init_sd,
+        "lr": lr,
+        "max_iter": max_iter,
+        "patience": patience,
+        "ema": ema,
+        "seed": seed,
+        "device": str(net.device),
+        "dtype": "float32",
+        "natural_images": str(images) if images else "bundled",
+        "grey_activation": grey_activation,
+        **opt.summary(),
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return Result(
+        images=imgs,
+        activations=acts.detach().cpu(),
+        distances=dist,
+        loss_history=opt.history,
+        spec=spec,
+        extra={"grey_activation": grey_activation},
+    )

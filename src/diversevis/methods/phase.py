@@ -1,0 +1,622 @@
+"""Phase test: is a unit simple-like or complex-like? (method.md A.11(c))
+
+The standard neurophysiology index, measured with sinusoidal gratings on the unit's receptive-field-sized
+image, at the same contrast as the diverse feature visualisations (the L2 norm ``Problem.norm`` around
+grey; by default half the mean norm of natural patches of that size):
+
+1. **Coarse search.** Every combination of ``orientations`` x ``frequencies`` x ``phases`` gratings is
+   shown in a few large batches; the response is the target value read before any ReLU. The preferred
+   orientation and spatial frequency maximise the best response over phase.
+2. **Fine phase sweep.** At the preferred orientation and frequency, ``fine_phases`` evenly spaced phases
+   over ``[0, 2 pi)`` give the raw responses ``p(phi)``; the firing rate is ``r(phi) = relu(p(phi))``.
+   Its mean is ``F0`` and the amplitude of its first harmonic is ``F1 = 2 |mean(r exp(-i phi))|``.
+
+``F1 / F0 > 1`` is simple-like (phase selective), ``< 1`` complex-like (phase invariant). Closed forms:
+a linear unit ``r = relu(A cos(phi - phi0))`` gives ``pi / 2``; any quadratic (energy) unit gives 0, since
+its response to ``cos(phi) G_c - sin(phi) G_s`` contains only the harmonics 0 and 2 of ``phi``; a linear
+unit whose offset keeps it above threshold, ``r = c + A cos(phi - phi0)`` with ``c >= A``, gives ``A / c``.
+
+Amplitude convention. A grating of L2 norm ``rho`` has amplitude ``rho * sqrt(2 / D)`` (``D`` values),
+the same for every phase, so the norm averaged (RMS) over a phase cycle is exactly ``rho``. A finite
+grating's own norm wobbles with phase (by a second-harmonic term that grows near the Nyquist frequency,
+where e.g. a vertical 0.5 cycles/pixel grating on an even size vanishes at phase 0); rescaling each grating to exactly
+``rho`` would add that wobble to the responses (and divide by ~0 at Nyquist), so the sweep keeps the
+amplitude fixed. ``grating(..., per_image=True)`` gives exact per-image norms when needed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from diversevis.core.cache import atomic_write_bytes, atomic_write_json, output_dir
+from diversevis.core.errors import DiversevisError
+from diversevis.core.network import Network
+from diversevis.core.result import Result
+from diversevis.methods.dfv import Problem, _common_spec, _prepare
+
+__all__ = ["grating", "modulation_ratio", "PhaseResult", "phase_test", "F_MAX"]
+
+#: Highest spatial frequency of the default grid (cycles/pixel): "Nyquist-ish", just below the 0.5 at
+#: which a grating along x or y degenerates (its phase then only changes its contrast, not its position).
+F_MAX = 0.45
+
+#: Gratings per forward pass (bounds memory for large receptive fields).
+CHUNK = 512
+
+
+# --------------------------------------------------------------------------- stimuli
+def grating(
+    size: int,
+    theta: float | Tensor,
+    frequency: float | Tensor,
+    phase: float | Tensor,
+    *,
+    channels: int = 3,
+    norm: float | None = None,
+    per_image: bool = False,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """Sinusoidal grating(s) ``cos(2 pi f (x cos theta + y sin theta) + phase)`` around zero.
+
+    ``x`` is the column and ``y`` the row coordinate (``y`` grows downwards), both centred at
+    ``(size - 1) / 2``; ``theta`` is the direction of the wave vector, as in
+    :func:`diversevis.synthetic.gabor` (``theta = 0``: the luminance varies along ``x``, i.e. vertical
+    stripes). Add 0.5 for a display-space image.
+
+    Parameters
+    ----------
+    size : int
+        Image side in pixels (>= 1).
+    theta : float or Tensor
+        Orientation of the wave vector in radians.
+    frequency : float or Tensor
+        Spatial frequency in cycles/pixel.
+    phase : float or Tensor
+        Phase in radians (0: a bright stripe through the centre).
+    channels : int
+        The same (grey) grating replicated over this many channels.
+    norm : float, optional
+        L2 norm (display units, over all ``channels * size * size`` values). By default the amplitude is
+        set to ``norm * sqrt(2 / D)``, which gives every phase the same amplitude and makes the norm exact
+        on average (RMS) over a phase cycle; see ``per_image``. ``None``: amplitude 1.
+    per_image : bool
+        Rescale each grating to exactly ``norm`` instead (a grating that vanishes on the pixel grid, such
+        as a vertical 0.5 cycles/pixel grating at phase 0 on an even size, stays zero).
+    device : str or torch.device, optional
+        Device of the output (default: that of the first tensor argument, else CPU).
+
+    Returns
+    -------
+    Tensor
+        ``batch_shape + (channels, size, size)`` float32, where ``batch_shape`` is the broadcast shape of
+        ``theta``, ``frequency`` and ``phase`` (``()`` for three scalars, ``(B,)`` for 1-D tensors of
+        length ``B`` mixed with scalars).
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DiversevisError(f"size must be an int >= 1 (pixels), got {size!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise DiversevisError(f"channels must be an int >= 1, got {channels!r}")
+    if norm is not None and not norm > 0:
+        raise DiversevisError(f"norm must be > 0 (an L2 norm in display units), got {norm}")
+    if device is None:
+        device = next((a.device for a in (theta, frequency, phase) if isinstance(a, Tensor)), "cpu")
+    th, f, ph = (torch.as_tensor(a, dtype=torch.float64, device=device) for a in (theta, frequency, phase))
+    try:
+        th, f, ph = torch.broadcast_tensors(th, f, ph)
+    except RuntimeError:
+        raise DiversevisError(
+            "theta, frequency and phase must broadcast (scalars or tensors of equal length), got shapes "
+            f"{tuple(th.shape)}, {tuple(f.shape)} and {tuple(ph.shape)}"
+        ) from None
+    batch = th.shape
+    c = (size - 1) / 2
+    r = torch.arange(size, dtype=torch.float64, device=device) - c
+    y, x = torch.meshgrid(r, r, indexing="ij")
+    th, f, ph = (a.reshape(*batch, 1, 1) for a in (th, f, ph))
+    g = torch.cos(2 * math.pi * f * (x * torch.cos(th) + y * torch.sin(th)) + ph)  # (*batch, H, W)
+    if norm is not None:
+        d = channels * size * size
+        if per_image:
+            n = g.flatten(-2).norm(dim=-1) * math.sqrt(channels)
+            n = n.reshape(*batch, 1, 1)
+            g = torch.where(n > 1e-9 * math.sqrt(d), g * (norm / n.clamp_min(1e-300)), torch.zeros_like(g))
+        else:
+            g = g * (norm * math.sqrt(2.0 / d))
+    g = g.unsqueeze(-3).expand(*batch, channels, size, size)
+    return g.float().contiguous()
+
+
+def modulation_ratio(rates: Tensor | np.ndarray, phases: Tensor | np.ndarray) -> tuple[float, float, float]:
+    """Modulation ratio ``F1 / F0`` of a firing rate sampled over one phase cycle.
+
+    ``F0 = mean r`` and ``F1 = 2 |mean(r exp(-i phi))|`` (the amplitude of the first harmonic). This is
+    the discrete Fourier estimate, exact when ``phases`` are evenly spaced over one full cycle ``[0, 2 pi)``
+    and ``r`` has no harmonic ``k = n +- 1`` for ``n`` samples (a half-wave rectified cosine has none for
+    even ``n``).
+
+    Parameters
+    ----------
+    rates : Tensor or ndarray
+        ``(n,)`` firing rates (rectified responses, >= 0).
+    phases : Tensor or ndarray
+        ``(n,)`` stimulus phases in radians.
+
+    Returns
+    -------
+    f1_f0, f0, f1 : float
+        The ratio, ``F0`` and ``F1`` (rate units). ``F1 / F0`` is ``nan`` when ``F0 <= 0``: a unit that
+        never fires over the sweep (or whose rates cancel out) has no defined modulation ratio, and ``nan``
+        keeps it apart from a genuinely unmodulated (complex-like, ratio 0) unit.
+
+    Examples
+    --------
+    ``relu(cos(phi))`` gives ``pi / 2`` (simple-like); a constant gives 0; ``c + A cos(phi)`` with
+    ``c >= A`` gives ``A / c``.
+    """
+    r = torch.as_tensor(rates).detach().cpu().double()
+    p = torch.as_tensor(phases).detach().cpu().double()
+    if r.dim() != 1 or p.shape != r.shape or r.numel() == 0:
+        raise DiversevisError(
+            f"rates and phases must be 1-D of the same non-zero length, got shapes {tuple(r.shape)} "
+            f"and {tuple(p.shape)}"
+        )
+    f0 = float(r.mean())
+    f1 = 2.0 * math.hypot(float((r * torch.cos(p)).mean()), float((r * torch.sin(p)).mean()))
+    ratio = f1 / f0 if f0 > 0 else math.nan
+    return ratio, f0, f1
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class PhaseResult:
+    """Output of :func:`phase_test`.
+
+    Attributes
+    ----------
+    orientation : float
+        Preferred orientation in radians, ``[0, pi)`` (wave-vector direction, as in :func:`grating`).
+    frequency : float
+        Preferred spatial frequency in cycles/pixel.
+    f1_f0 : float
+        Modulation ratio ``F1 / F0`` of the rectified fine phase curve (``nan`` if the unit never fires:
+        ``F0 == 0``). ``> 1``: simple-like; ``< 1``: complex-like.
+    f0, f1 : float
+        Mean rate and first-harmonic amplitude (units of the target value).
+    orientations : ndarray
+        ``(T,)`` orientations of the coarse search (radians).
+    frequencies : ndarray
+        ``(F,)`` spatial frequencies of the coarse search (cycles/pixel).
+    orientation_curve : ndarray
+        ``(T,)`` best response over phase at the preferred frequency (pre-ReLU).
+    frequency_curve : ndarray
+        ``(F,)`` best response over phase at the preferred orientation (pre-ReLU).
+    phases : ndarray
+        ``(K,)`` phases of the fine sweep (radians, evenly spaced over ``[0, 2 pi)``).
+    phase_curve : ndarray
+        ``(K,)`` raw (pre-ReLU) responses of the fine sweep; the rate is ``relu(phase_curve)``.
+    spec : dict
+        Run spec (model, layer, unit, norm, sizes, grids, versions, creation time, timing).
+    best_grating : Tensor
+        ``(C, H, W)`` display-space image (grey 0.5) of the grating at the preferred orientation,
+        frequency and phase.
+    mei_activation : float or None
+        MEI activation at the same norm, if given, to compare the best grating with.
+    grey_response : float
+        Response to the blank grey image (the "spontaneous" level; not subtracted from the rates).
+    coarse_phases : ndarray
+        ``(P,)`` phases of the coarse search.
+    coarse_responses : ndarray
+        ``(T, F, P)`` all coarse responses (pre-ReLU).
+    """
+
+    orientation: float
+    frequency: float
+    f1_f0: float
+    f0: float
+    f1: float
+    orientations: np.ndarray
+    frequencies: np.ndarray
+    orientation_curve: np.ndarray
+    frequency_curve: np.ndarray
+    phases: np.ndarray
+    phase_curve: np.ndarray
+    spec: dict[str, Any]
+    best_grating: Tensor
+    mei_activation: float | None = None
+    grey_response: float = math.nan
+    coarse_phases: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    coarse_responses: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
+
+    @property
+    def rates(self) -> np.ndarray:
+        """``(K,)`` firing rate ``relu(phase_curve)`` of the fine sweep."""
+        return np.maximum(self.phase_curve, 0.0)
+
+    @property
+    def best_phase(self) -> float:
+        """Phase (radians) of the largest fine-sweep response."""
+        return float(self.phases[int(np.argmax(self.phase_curve))])
+
+    @property
+    def max_response(self) -> float:
+        """Largest response over the fine sweep (pre-ReLU)."""
+        return float(np.max(self.phase_curve))
+
+    @property
+    def kind(self) -> str | None:
+        """``"simple-like"`` (F1/F0 > 1), ``"complex-like"`` (< 1), or ``None`` if undefined."""
+        if not math.isfinite(self.f1_f0):
+            return None
+        return "simple-like" if self.f1_f0 > 1 else "complex-like"
+
+    def metrics(self) -> dict[str, Any]:
+        """The headline numbers as plain Python values (``nan`` becomes ``None``)."""
+        mei = self.mei_activation
+        return {
+            "f1_f0": _finite_or_none(self.f1_f0),
+            "kind": self.kind,
+            "f0": self.f0,
+            "f1": self.f1,
+            "orientation": self.orientation,
+            "orientation_deg": math.degrees(self.orientation),
+            "frequency": self.frequency,
+            "wavelength": 1.0 / self.frequency,
+            "best_phase": self.best_phase,
+            "max_response": self.max_response,
+            "grey_response": _finite_or_none(self.grey_response),
+            "mei_activation": mei,
+            "grating_ratio": None if not mei else self.max_response / mei,
+            "seconds": self.spec.get("seconds"),
+        }
+
+    def __repr__(self) -> str:
+        s = self.spec
+        ratio = "nan" if not math.isfinite(self.f1_f0) else f"{self.f1_f0:.3f}"
+        return (
+            f"PhaseResult({s.get('model')} {s.get('layer')} unit={s.get('unit')}: F1/F0={ratio} "
+            f"({self.kind or 'never fires'}), orientation={math.degrees(self.orientation):.1f}deg, "
+            f"frequency={self.frequency:.4g} c/px, max_response={self.max_response:.4g})"
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``phase.png`` (tuning curves, phase curve, best grating) and ``phase.json`` (last).
+
+        Both are written atomically; ``phase.json`` holds ``spec``, ``metrics`` and ``curves`` and is
+        written last, so a directory with a ``phase.json`` holds a complete result. Needs matplotlib.
+        """
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise DiversevisError("phase plots need matplotlib: pip install matplotlib") from None
+        out = output_dir(directory)
+        atomic_write_bytes(out / "phase.png", self.plot())
+        curves = {
+            "orientations": self.orientations,
+            "frequencies": self.frequencies,
+            "orientation_curve": self.orientation_curve,
+            "frequency_curve": self.frequency_curve,
+            "phases": self.phases,
+            "phase_curve": self.phase_curve,
+        }
+        atomic_write_json(
+            out / "phase.json",
+            {
+                "spec": self.spec,
+                "metrics": self.metrics(),
+                "curves": {k: _floats(v) for k, v in curves.items()},
+            },
+        )
+        return out
+
+    def plot(self) -> bytes:
+        """Render the four panels as PNG bytes (matplotlib, Agg, no global pyplot state)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import NullFormatter
+
+        fig = Figure(figsize=(15, 3.9), dpi=100)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1.2, 0.75]})
+        ax_o, ax_f, ax_p, ax_g = axes
+        s = self.spec
+        unit = s.get("unit")
+        what = f"unit {unit}" if unit is not None else "direction"
+        ratio = "undefined (never fires)" if not math.isfinite(self.f1_f0) else f"{self.f1_f0:.3f}"
+        fig.suptitle(
+            f"{s.get('model', '')}  {s.get('layer', '')}  {what}  -  gratings at L2 norm "
+            f"{s.get('norm', float('nan')):.3g} on {s.get('image_size')}px  -  F1/F0 = {ratio}"
+            + (f" ({self.kind})" if self.kind else ""),
+            fontsize=11,
+        )
+        grey = self.grey_response
+
+        deg, oc = np.degrees(self.orientations), self.orientation_curve
+        order = np.argsort(deg)
+        deg, oc = deg[order], oc[order]
+        if len(deg) > 1 and np.isclose(deg[0], 0.0):  # orientation is periodic: repeat 0 deg at 180 deg
+            deg, oc = np.append(deg, 180.0), np.append(oc, oc[0])
+        ax_o.plot(deg, oc, "o-", color="C0", ms=4)
+        ax_o.axvline(math.degrees(self.orientation), color="C3", lw=1, ls="--")
+        ax_o.set_xlim(-5, 185)
+        ax_o.set_xticks([0, 45, 90, 135, 180])
+        ax_o.set_xlabel("orientation (deg)")
+        ax_o.set_ylabel("max response over phase")
+        ax_o.set_title(f"orientation tuning at f = {self.frequency:.3g} c/px", fontsize=10)
+
+        order = np.argsort(self.frequencies)
+        ax_f.semilogx(self.frequencies[order], self.frequency_curve[order], "o-", color="C0", ms=4)
+        ax_f.axvline(self.frequency, color="C3", lw=1, ls="--")
+        lo, hi = float(self.frequencies.min()), float(self.frequencies.max())
+        ticks = [
+            t for t in (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5) if lo / 1.05 <= t <= hi * 1.05
+        ]
+        if len(ticks) < 2:
+            ticks = sorted({lo, hi})
+        ax_f.set_xticks(ticks)
+        ax_f.set_xticklabels([f"{t:.3g}" for t in ticks])
+        ax_f.xaxis.set_minor_formatter(NullFormatter())
+        ax_f.set_xlabel("spatial frequency (cycles/pixel)")
+        ax_f.set_title(f"SF tuning at {math.degrees(self.orientation):.1f} deg", fontsize=10)
+
+        ph, pc = np.degrees(self.phases), self.phase_curve
+        order = np.argsort(ph)
+        ph, pc = ph[order], pc[order]
+        if len(ph) > 1 and np.isclose(ph[0], 0.0):  # close the cycle: 360 deg repeats 0 deg
+            ph, pc = np.append(ph, 360.0), np.append(pc, pc[0])
+        ax_p.plot(ph, pc, "o-", color="C0", ms=3, label="response (pre-ReLU)")
+        ax_p.fill_between(ph, 0, np.maximum(pc, 0.0), color="C1", alpha=0.35, label="rate = relu(response)")
+        if math.isfinite(self.f1_f0):
+            p1 = self._harmonic_phase()
+            fine = np.linspace(0, 2 * math.pi, 361)
+            ax_p.plot(
+                np.degrees(fine),
+                self.f0 + self.f1 * np.cos(fine - p1),
+                color="C2",
+                lw=1.2,
+                ls="--",
+                label="F0 + F1 cos",
+            )
+        ax_p.axhline(self.f0, color="C2", lw=0.8)
+        ax_p.axhline(0, color="k", lw=0.6)
+        for ax in (ax_o, ax_f, ax_p):
+            if math.isfinite(grey):
+                ax.axhline(grey, color="0.5", lw=0.8, ls=":", label="grey image" if ax is ax_p else None)
+            ax.grid(alpha=0.3)
+        ax_p.set_xlim(0, 360)
+        ax_p.set_xticks([0, 90, 180, 270, 360])
+        ax_p.set_xlabel("grating phase (deg)")
+        ax_p.set_title(f"F1/F0 = {ratio}   (F0 = {self.f0:.3g}, F1 = {self.f1:.3g})", fontsize=10)
+        ax_p.legend(fontsize=7, loc="best")
+
+        img = self.best_grating.detach().cpu().float().clamp(0, 1).numpy()
+        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        ax_g.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax_g.set_xticks([])
+        ax_g.set_yticks([])
+        ax_g.set_title(
+            f"best grating: {math.degrees(self.orientation):.1f} deg,\n"
+            f"{self.frequency:.3g} c/px, phase {math.degrees(self.best_phase):.0f} deg",
+            fontsize=9,
+        )
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+
+    def _harmonic_phase(self) -> float:
+        r = self.rates
+        return math.atan2(float((r * np.sin(self.phases)).mean()), float((r * np.cos(self.phases)).mean()))
+
+
+def _finite_or_none(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _floats(a: np.ndarray) -> list[float | None]:
+    return [_finite_or_none(float(v)) for v in np.asarray(a, dtype=np.float64).ravel()]
+
+
+# --------------------------------------------------------------------------- the test
+def _count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise DiversevisError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _grid(
+    name: str, value: int | Sequence[float] | Tensor | np.ndarray, default, positive: bool
+) -> np.ndarray:
+    """An int count (the default grid) or explicit values."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return default(_count(name, value, 1))
+    try:
+        a = np.asarray(torch.as_tensor(value, dtype=torch.float64).cpu(), dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise DiversevisError(f"{name} must be an int >= 1 or a sequence of numbers, got {value!r}") from None
+    if a.ndim != 1 or a.size == 0 or not np.isfinite(a).all() or (positive and not (a > 0).all()):
+        cond = "positive finite numbers" if positive else "finite numbers"
+        raise DiversevisError(
+            f"{name} must be an int >= 1 or a non-empty 1-D sequence of {cond}, got {value!r}"
+        )
+    return a
+
+
+def default_frequencies(size: int, n: int) -> np.ndarray:
+    """``n`` log-spaced spatial frequencies from one cycle per image (``1 / size``) to :data:`F_MAX`."""
+    lo = min(1.0 / size, F_MAX / 2)
+    return np.geomspace(lo, F_MAX, n)
+
+
+def _responses(prob: Problem, th: Tensor, f: Tensor, ph: Tensor) -> Tensor:
+    """Pre-ReLU target values ``(B,)`` (float64, CPU) of the gratings ``(th, f, ph)`` in chunks."""
+    net = prob.net
+    size = prob.placement.image_size
+    out = []
+    with torch.no_grad():
+        for i in range(0, th.numel(), CHUNK):
+            sl = slice(i, i + CHUNK)
+            x = 0.5 + grating(
+                size, th[sl], f[sl], ph[sl], channels=net.in_channels, norm=prob.norm, device=net.device
+            )
+            out.append(prob.evaluate(x, need_features=False)[0].double().cpu())
+    return torch.cat(out)
+
+
+def phase_test(
+    model: Network | nn.Module | str,
+    layer: str,
+    unit: int | None = None,
+    *,
+    direction: Sequence[float] | Tensor | None = None,
+    metric: str = "max",
+    contrast: float = 0.5,
+    norm: float | None = None,
+    orientations: int | Sequence[float] = 16,
+    frequencies: int | Sequence[float] = 12,
+    phases: int = 8,
+    fine_phases: int = 32,
+    images: str | Path | None = None,
+    mei: float | Result | None = None,
+    device: str | torch.device | None = None,
+) -> PhaseResult:
+    """Grating phase test of one unit: preferred orientation and frequency, then the F1/F0 ratio.
+
+    Parameters
+    ----------
+    model : Network, nn.Module or str
+        The network (a zoo name such as ``"vgg16-paper"`` is loaded).
+    layer : str
+        Target layer (alias or dot path); read before any following ReLU, at the unit whose receptive
+        field is the grating image (padded networks: the image sits in a grey canvas).
+    unit : int, optional
+        Channel index of the target unit.
+    direction : sequence of float, optional
+        Target direction in channel space instead of a unit.
+    metric : {"max", "cos", "mse"}
+        Target metric, as in :func:`diversevis.diverse` (``mse`` is never positive, so its ratio is nan).
+    contrast : float
+        Grating L2 norm as a fraction of the mean natural-patch norm (0.5: the DFV contrast).
+    norm : float, optional
+        Absolute L2 norm (display units) overriding ``contrast``; see :func:`grating` for the amplitude.
+    orientations : int or sequence of float
+        Count of evenly spaced orientations over ``[0, pi)`` (>= 1), or explicit values in radians.
+    frequencies : int or sequence of float
+        Count of log-spaced frequencies from ``1 / size`` to :data:`F_MAX` = 0.45 cycles/pixel (>= 1), or
+        explicit positive values in cycles/pixel.
+    phases : int
+        Phases of the coarse search, evenly spaced over ``[0, 2 pi)`` (>= 1).
+    fine_phases : int
+        Phases of the fine sweep (>= 3; the default 32 is plenty, and an even count makes F1 exact for a
+        rectified cosine).
+    images : str or Path, optional
+        Folder of natural images for the contrast statistics (default: the bundled photos).
+    mei : float or Result, optional
+        MEI activation (or the :class:`Result` of :func:`diversevis.mei`) at the same norm, reported as
+        ``mei_activation`` with the ratio of the best grating to it.
+    device : str, optional
+        Move the network there (default: where it already is).
+
+    Returns
+    -------
+    PhaseResult
+        Preferred ``orientation`` (rad) and ``frequency`` (cycles/px), ``f1_f0``, ``f0``, ``f1``, the
+        tuning curves, the fine ``phase_curve`` and the ``best_grating``.
+
+    Notes
+    -----
+    Costs ``orientations * frequencies * phases + fine_phases + 1`` forward passes (1569 by default),
+    batched :data:`CHUNK` at a time without gradients. The rate is the rectified target value with no
+    baseline subtraction; a unit with a large positive bias can stay above threshold over the whole cycle
+    and then reads complex-like (``A / c``) even when it is linear: compare ``grey_response``.
+    """
+    n_ph = _count("phases", phases, 1)
+    n_fine = _count("fine_phases", fine_phases, 3)
+    t0 = time.perf_counter()
+    net = _prepare(model, device)
+    prob = Problem.build(
+        net,
+        layer,
+        unit,
+        direction,
+        metric,
+        contrast=contrast,
+        norm=norm,
+        distance_layer=None,
+        images_folder=images,
+    )
+    size = prob.placement.image_size
+    thetas = _grid("orientations", orientations, lambda n: np.arange(n) * (math.pi / n), positive=False)
+    freqs = _grid("frequencies", frequencies, lambda n: default_frequencies(size, n), positive=True)
+    coarse_ph = np.arange(n_ph) * (2 * math.pi / n_ph)
+
+    mei_act = mei.mei_activation if isinstance(mei, Result) else (None if mei is None else float(mei))
+
+    # coarse search: all (theta, f, phase) in a few large batches
+    T, Fn, P = len(thetas), len(freqs), n_ph
+    th = torch.as_tensor(thetas).view(T, 1, 1).expand(T, Fn, P).reshape(-1)
+    ff = torch.as_tensor(freqs).view(1, Fn, 1).expand(T, Fn, P).reshape(-1)
+    pp = torch.as_tensor(coarse_ph).view(1, 1, P).expand(T, Fn, P).reshape(-1)
+    coarse = _responses(prob, th, ff, pp).view(T, Fn, P).numpy()
+    best_over_phase = coarse.max(axis=2)  # (T, F)
+    ti, fi = np.unravel_index(int(np.argmax(best_over_phase)), best_over_phase.shape)
+    theta_star, f_star = float(thetas[ti]), float(freqs[fi])
+
+    # fine phase sweep at the preferred (theta, f)
+    fine_ph = np.arange(n_fine) * (2 * math.pi / n_fine)
+    fine_t = torch.as_tensor(fine_ph)
+    curve = _responses(prob, torch.full_like(fine_t, theta_star), torch.full_like(fine_t, f_star), fine_t)
+    curve = curve.numpy()
+    ratio, f0, f1 = modulation_ratio(np.maximum(curve, 0.0), fine_ph)
+    with torch.no_grad():
+        blank = torch.full((1, net.in_channels, size, size), 0.5, device=net.device)
+        grey = float(prob.evaluate(blank, need_features=False)[0][0])
+    best_phase = float(fine_ph[int(np.argmax(curve))])
+    best = 0.5 + grating(size, theta_star, f_star, best_phase, channels=net.in_channels, norm=prob.norm)
+    seconds = time.perf_counter() - t0
+
+    spec = _common_spec(
+        method="phase",
+        **prob.spec(),
+        contrast=contrast if norm is None else None,
+        amplitude=prob.norm * math.sqrt(2.0 / (net.in_channels * size * size)),
+        orientations=T,
+        frequencies=Fn,
+        phases=P,
+        fine_phases=n_fine,
+        f_min=float(freqs.min()),
+        f_max=float(freqs.max()),
+        forward_passes=T * Fn * P + n_fine + 1,
+        device=str(net.device),
+        dtype="float32",
+        natural_images=(str(images) if images else "bundled") if norm is None else None,
+        seconds=round(seconds, 3),
+    )
+    return PhaseResult(
+        orientation=theta_star,
+        frequency=f_star,
+        f1_f0=ratio,
+        f0=f0,
+        f1=f1,
+        orientations=np.asarray(thetas, dtype=np.float64),
+        frequencies=np.asarray(freqs, dtype=np.float64),
+        orientation_curve=best_over_phase[:, fi].copy(),
+        frequency_curve=best_over_phase[ti, :].copy(),
+        phases=fine_ph,
+        phase_curve=curve,
+        spec=spec,
+        best_grating=best.cpu(),
+        mei_activation=mei_act,
+        grey_response=grey,
+        coarse_phases=coarse_ph,
+        coarse_responses=coarse,
+    )

@@ -1,0 +1,164 @@
+"""Synthetic model cells with known invariances: ground truth for every method.
+
+* :class:`SimpleCell`: ``relu(<g_0, x>)`` -- selective for one phase of one Gabor;
+* :class:`ComplexCell`: the energy model ``<g_0, x>^2 + <g_90, x>^2`` -- a quadrature pair, so the
+  response is the same for every phase of the Gabor (perfect phase invariance);
+* :class:`TextureCell`: a convolutional energy unit pooled over positions -- shift invariant.
+
+Each cell is an ``nn.Module`` whose named layer ``"response"`` outputs ``(N, 1, 1, 1)`` for an input of
+``size x size`` pixels (the receptive field), so DFV reads it exactly as it reads a VALID-padded CNN.
+:func:`cell_network` wraps a cell in a :class:`~diversevis.network.Network` whose input normalisation
+subtracts mean grey (the cell sees the zero-mean image).
+
+Closed forms used in the tests: with unit-norm, orthogonal ``g_0, g_90`` and images of L2 norm ``rho``
+(around grey), the complex cell's maximum is ``rho^2`` for *every* phase, while the simple cell's
+maximum ``rho`` is reached at one phase only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from diversevis.core.network import Network
+
+__all__ = ["gabor", "SimpleCell", "ComplexCell", "TextureCell", "cell_network"]
+
+
+def gabor(
+    size: int,
+    *,
+    wavelength: float = 6.0,
+    theta: float = 0.0,
+    phase: float = 0.0,
+    sigma: float | None = None,
+    channels: int = 3,
+) -> torch.Tensor:
+    """Zero-mean, unit-L2-norm Gabor filter.
+
+    Parameters
+    ----------
+    size : int
+        Side in pixels.
+    wavelength : float
+        Carrier wavelength in pixels.
+    theta : float
+        Orientation of the carrier's wave vector, in radians.
+    phase : float
+        Carrier phase in radians (0 = even/cosine, pi/2 = odd/sine).
+    sigma : float, optional
+        Gaussian envelope SD in pixels (default ``size / 5``).
+    channels : int
+        The same (grey) filter replicated over channels.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(channels, size, size)`` float32, zero mean, unit L2 norm.
+    """
+    sigma = size / 5 if sigma is None else sigma
+    c = (size - 1) / 2
+    y, x = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64) - c,
+        torch.arange(size, dtype=torch.float64) - c,
+        indexing="ij",
+    )
+    u = x * math.cos(theta) + y * math.sin(theta)
+    env = torch.exp(-(x**2 + y**2) / (2 * sigma**2))
+    g = env * torch.cos(2 * math.pi * u / wavelength + phase)
+    g = g - g.mean()
+    g = g.expand(channels, size, size).clone()
+    return (g / g.norm()).float()
+
+
+class _Response(nn.Identity):
+    """Named identity so the cell's output layer is called ``response``."""
+
+
+class SimpleCell(nn.Module):
+    """``relu(<g_0, x>)``: a linear Gabor filter followed by a rectifier (phase selective).
+
+    As for the convolutional layers of a CNN, the layer ``response`` is the filter output *before* the
+    rectifier (the paper optimises pre-ReLU activations); ``relu`` is the cell's output nonlinearity.
+    """
+
+    def __init__(self, size: int = 16, channels: int = 3, **gabor_kw) -> None:
+        super().__init__()
+        self.response = nn.Conv2d(channels, 1, size, bias=False)
+        self.response.weight.data[0] = gabor(size, channels=channels, **gabor_kw)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.response(x))
+
+
+class ComplexCell(nn.Module):
+    """Energy model ``<g_0, x>^2 + <g_90, x>^2`` (phase invariant).
+
+    The quadrature pair is orthonormalised so that the response to ``rho * (cos(t) g_0 + sin(t) g_90)``
+    is exactly ``rho^2`` for every phase ``t``.
+    """
+
+    def __init__(self, size: int = 16, channels: int = 3, **gabor_kw) -> None:
+        super().__init__()
+        gabor_kw.pop("phase", None)
+        g0 = gabor(size, channels=channels, phase=0.0, **gabor_kw)
+        g90 = gabor(size, channels=channels, phase=math.pi / 2, **gabor_kw)
+        g90 = g90 - (g90 * g0).sum() * g0
+        g90 = g90 / g90.norm()
+        self.quadrature = nn.Conv2d(channels, 2, size, bias=False)
+        self.quadrature.weight.data[0] = g0
+        self.quadrature.weight.data[1] = g90
+        self.response = _Response()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.response((self.quadrature(x) ** 2).sum(1, keepdim=True))
+
+
+class TextureCell(nn.Module):
+    """Shift-invariant unit: energy of a small Gabor quadrature pair, averaged over all positions.
+
+    Any texture made of that Gabor's carrier drives it equally wherever it is cropped.
+    """
+
+    def __init__(self, size: int = 16, kernel: int = 7, channels: int = 3, **gabor_kw) -> None:
+        super().__init__()
+        gabor_kw.setdefault("wavelength", 4.0)
+        gabor_kw.setdefault("sigma", kernel / 3)
+        gabor_kw.pop("phase", None)
+        g0 = gabor(kernel, channels=channels, phase=0.0, **gabor_kw)
+        g90 = gabor(kernel, channels=channels, phase=math.pi / 2, **gabor_kw)
+        self.quadrature = nn.Conv2d(channels, 2, kernel, bias=False)
+        self.quadrature.weight.data[0] = g0
+        self.quadrature.weight.data[1] = g90
+        self.pool = nn.AvgPool2d(size - kernel + 1)
+        self.response = _Response()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = (self.quadrature(x) ** 2).sum(1, keepdim=True)
+        return self.response(self.pool(e))
+
+
+_CELLS = {"simple": SimpleCell, "complex": ComplexCell, "texture": TextureCell}
+
+
+def cell_network(kind: str, size: int = 16, channels: int = 3, **kw) -> Network:
+    """A synthetic cell wrapped as a :class:`Network` (input normalised to zero-mean around grey).
+
+    Parameters
+    ----------
+    kind : {"simple", "complex", "texture"}
+    size : int
+        Receptive-field size in pixels.
+    """
+    cell = _CELLS[kind](size=size, channels=channels, **kw)
+    return Network(
+        cell,
+        mean=[0.5] * channels,
+        std=[1.0] * channels,
+        name=f"{kind}-cell",
+        in_channels=channels,
+        input_size=size,
+    )

@@ -1,0 +1,457 @@
+"""Build the static HTML report of a sweep store: data preparation, histograms and template rendering."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from diversevis import __version__
+from diversevis.core.cache import atomic_write_bytes, atomic_write_text, output_dir
+from diversevis.core.errors import DiversevisError
+from diversevis.study.store import Store
+
+__all__ = ["write_report", "COLUMNS", "HISTOGRAMS"]
+
+REPORT_DIR = "report"
+HIST_SIZE = (3.1, 2.3)  # inches; drawn at HIST_DPI, shown at 100 dpi (sharp on high-density screens)
+HIST_DPI = 150
+
+
+@dataclass(frozen=True)
+class Column:
+    """A metric column of the units table."""
+
+    key: str
+    label: str
+    help: str
+    scale: float = 1.0  # displayed value = stored value * scale (orientation: radians -> degrees)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("mei_activation", "MEI act.", "activation of the most exciting input"),
+    Column("dfv_mean_ratio", "DFV mean/MEI", "mean activation of the diverse set relative to the MEI"),
+    Column("dfv_min_ratio", "DFV min/MEI", "weakest image of the diverse set relative to the MEI"),
+    Column("dfv_min_distance", "DFV min dist.", "minimum pairwise RMS distance within the diverse set"),
+    Column("dfv_mean_distance", "DFV mean dist.", "mean pairwise RMS distance within the diverse set"),
+    Column("f1_f0", "F1/F0", "phase modulation of the grating response: < 1 complex-like, > 1 simple-like"),
+    Column("orientation", "orient. (°)", "preferred grating orientation in degrees", 180.0 / math.pi),
+    Column("frequency", "freq. (c/px)", "preferred spatial frequency in cycles per pixel"),
+    Column("shift_mean_ratio", "shift mean/MEI", "shift test: mean crop activation relative to the MEI"),
+    Column("shift_min_ratio", "shift min/MEI", "shift test: worst crop activation relative to the MEI"),
+)
+
+# (metric, title, x-axis label, threshold line or None)
+HISTOGRAMS: tuple[tuple[str, str, str, float | None], ...] = (
+    ("dfv_mean_ratio", "DFV mean activation / MEI", "mean activation of the diverse set / MEI", None),
+    ("dfv_min_distance", "DFV min pairwise distance", "RMS distance (distance layer or pixels)", None),
+    ("f1_f0", "F1/F0 (phase modulation)", "F1/F0", 1.0),
+    ("shift_min_ratio", "shift test: worst crop / MEI", "worst crop activation / MEI", None),
+)
+
+# (sub-folder, file, caption): the PNGs a unit can have; _expected() picks those its record implies
+_IMAGES: tuple[tuple[str, str, str], ...] = (
+    ("mei", "grid.png", "MEI"),
+    ("diverse", "grid.png", "diverse set"),
+    ("phase", "phase.png", "phase test"),
+    ("shift", "texture.png", "shift-test texture"),
+    ("shift", "shift_map.png", "shift map"),
+)
+
+
+# ---------------------------------------------------------------------------------------------- views
+@dataclass
+class Image:
+    """One PNG of a unit: its relative URL from the report pages, or ``None`` if the file is missing."""
+
+    caption: str
+    file: str  # e.g. "mei/grid.png", relative to the unit folder
+    src: str | None
+    pixelated: bool = True
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class Cell:
+    text: str
+    sort: str  # data-sort value: the raw number, or "" when missing (always sorted last)
+
+
+@dataclass
+class UnitView:
+    layer: str
+    unit: int
+    href: str  # unit page file name
+    layer_href: str
+    cells: dict[str, Cell]
+    images: dict[str, Image]  # key "sub/file"
+    missing: list[str]
+    seconds: float | None
+    finished: str
+    metrics: dict[str, Any]
+    spec_groups: list[tuple[str, list[tuple[str, str]]]]  # per analysis (mei, diverse, ...)
+    metric_rows: list[tuple[str, str]]
+    kind: str  # "complex-like" / "simple-like" / ""
+    prev: UnitView | None = field(default=None, repr=False, compare=False)
+    next: UnitView | None = field(default=None, repr=False, compare=False)
+
+    def image(self, sub: str, file: str) -> Image | None:
+        return self.images.get(f"{sub}/{file}")
+
+
+@dataclass
+class Histogram:
+    metric: str
+    title: str
+    src: str
+    n: int
+    width: int = round(HIST_SIZE[0] * 100)
+    height: int = round(HIST_SIZE[1] * 100)
+
+
+@dataclass
+class LayerView:
+    name: str
+    href: str
+    units: list[UnitView]
+    histograms: list[Histogram] = field(default_factory=list)
+    summary: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def n_missing(self) -> int:
+        return sum(1 for u in self.units if u.missing)
+
+
+# -------------------------------------------------------------------------------------------- helpers
+def _num(v: Any) -> float | None:
+    """A finite float, or ``None`` (missing, NaN, infinite, not a number)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.{digits}g}"
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _fmt_value(v: Any) -> str:
+    """A spec or setting value as short text."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return _fmt(v, 6) if math.isfinite(v) else str(v)
+    if isinstance(v, (list, dict)):
+        s = json.dumps(v)
+        return s if len(s) <= 160 else s[:157] + "…"
+    return str(v)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.extend(_flatten(v, key))
+        else:
+            out.append((key, _fmt_value(v)))
+    return out
+
+
+def _spec_groups(spec: Any) -> list[tuple[str, list[tuple[str, str]]]]:
+    """A unit's run spec as (analysis, flattened key/value rows) groups."""
+    if not isinstance(spec, dict):
+        return []
+    groups = [(str(k), _flatten(v)) for k, v in spec.items() if isinstance(v, dict)]
+    loose = [(str(k), _fmt_value(v)) for k, v in spec.items() if not isinstance(v, dict)]
+    return groups + ([("other", loose)] if loose else [])
+
+
+def _url(target: Path, start: Path) -> str:
+    """Relative URL of ``target`` from the directory ``start`` (never absolute)."""
+    rel = os.path.relpath(target, start)
+    return quote(Path(rel).as_posix())
+
+
+def _slugs(layers: list[str]) -> dict[str, str]:
+    """File-name-safe, unique slugs of layer names."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for layer in layers:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer).strip(".") or "layer"
+        slug, i = base, 2
+        while slug.lower() in used:
+            slug, i = f"{base}-{i}", i + 1
+        used.add(slug.lower())
+        out[layer] = slug
+    return out
+
+
+def _png_size(path: Path) -> tuple[int, int] | None:
+    """Width and height of a PNG from its header, or ``None`` if it is not a readable PNG."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    w, h = struct.unpack(">II", head[16:24])
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def _expected(row: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The PNGs this unit's record says were written."""
+    m, spec = row["metrics"], row["spec"]
+    need = {"mei": True}
+    need["diverse"] = "diverse" in spec or "dfv_mean_ratio" in m
+    need["phase"] = "f1_f0" in m
+    need["shift"] = "shift_mean_ratio" in m or "shift_min_ratio" in m
+    return [img for img in _IMAGES if need[img[0]]]
+
+
+def _unit_view(row: dict[str, Any], store_root: Path, out: Path, href: str, layer_href: str) -> UnitView:
+    folder = store_root / row["path"]
+    images: dict[str, Image] = {}
+    missing: list[str] = []
+    for sub, file, caption in _expected(row):
+        path = folder / sub / file
+        size = _png_size(path)  # a missing, empty or truncated file would be a broken <img>
+        if size is None:
+            missing.append(f"{sub}/{file}")
+        images[f"{sub}/{file}"] = Image(
+            caption,
+            f"{sub}/{file}",
+            None if size is None else _url(path, out),
+            pixelated=file in ("grid.png", "texture.png"),  # upscaled pixel art, not plots
+            width=size and size[0],
+            height=size and size[1],
+        )
+    metrics = row["metrics"]
+    cells: dict[str, Cell] = {}
+    for col in COLUMNS:
+        v = _num(metrics.get(col.key))
+        v = None if v is None else v * col.scale
+        cells[col.key] = Cell(_fmt(v), "" if v is None else repr(v))
+    f1f0 = _num(metrics.get("f1_f0"))
+    kind = "" if f1f0 is None else ("complex-like" if f1f0 < 1 else "simple-like")
+    known = {c.key: c for c in COLUMNS}
+    metric_rows = []
+    for k, v in metrics.items():
+        col = known.get(k)
+        label = f"{k} ({col.label})" if col else k
+        x = _num(v)
+        if col is not None and x is not None and col.scale != 1.0:
+            metric_rows.append((label, f"{_fmt(x * col.scale, 6)} ({_fmt(x, 6)} rad)"))
+        else:
+            metric_rows.append((label, _fmt(x, 6) if x is not None else _fmt_value(v)))
+    seconds = _num(row.get("seconds"))
+    return UnitView(
+        layer=row["layer"],
+        unit=int(row["unit"]),
+        href=href,
+        layer_href=layer_href,
+        cells=cells,
+        images=images,
+        missing=missing,
+        seconds=seconds,
+        finished=str(row.get("finished") or ""),
+        metrics=metrics,
+        spec_groups=_spec_groups(row["spec"]),
+        metric_rows=metric_rows,
+        kind=kind,
+    )
+
+
+def _histogram_png(values: list[float], title: str, xlabel: str, threshold: float | None) -> bytes:
+    """A small histogram (matplotlib, Agg canvas, no pyplot state)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    v = np.asarray(values, dtype=float)
+    lo, hi = float(v.min()), float(v.max())
+    if threshold is not None:
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    if hi - lo < 1e-12:
+        pad = max(abs(lo) * 0.05, 0.05)
+        lo, hi = lo - pad, hi + pad
+    bins = int(np.clip(2 * math.ceil(math.sqrt(v.size)), 5, 30))
+    fig = Figure(figsize=HIST_SIZE, dpi=HIST_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.hist(v, bins=bins, range=(lo, hi), color="#4c72b0", edgecolor="white", linewidth=0.6)
+    if threshold is not None:
+        below, above = int((v < threshold).sum()), int((v >= threshold).sum())
+        ax.axvline(threshold, color="#c44e52", linestyle="--", linewidth=1.5)
+        xlabel = (
+            f"{xlabel} (dashed: {threshold:g})\n{below} complex-like (< {threshold:g}), {above} simple-like"
+        )
+    ax.set_title(f"{title} (n={v.size})", fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=7.5)
+    ax.set_ylabel("units", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.ticklabel_format(axis="x", useOffset=False)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.spines[["top", "right"]].set_visible(False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _layer_summary(units: list[UnitView]) -> list[tuple[str, str]]:
+    import numpy as np
+
+    labels = {c.key: c.label for c in COLUMNS}
+    out = [("units", str(len(units)))]
+    for key, *_ in HISTOGRAMS:
+        vals = [x for u in units if (x := _num(u.metrics.get(key))) is not None]
+        if vals:
+            out.append((f"median {labels[key]}", _fmt(float(np.median(vals)))))
+    kinds = [u.kind for u in units if u.kind]
+    if kinds:
+        n = sum(k == "complex-like" for k in kinds)
+        out.append(("complex-like (F1/F0 < 1)", f"{n} of {len(kinds)}"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- Jinja
+def _environment():
+    import jinja2
+
+    templates = resources.files("diversevis.study.report").joinpath("templates")
+
+    def load(name: str):
+        res = templates.joinpath(name)
+        if not res.is_file():
+            return None
+        return res.read_text(encoding="utf-8"), None, lambda: True
+
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        autoescape=True,  # the templates are *.html.j2: select_autoescape would not match them
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env
+
+
+# ------------------------------------------------------------------------------------------------ API
+def write_report(store_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the static HTML report of a sweep store; return the path of its ``index.html``.
+
+    Parameters
+    ----------
+    store_dir : str or Path
+        A results directory written by :func:`diversevis.sweep.sweep` (``diversevis sweep --out DIR``).
+    out : str or Path, optional
+        Report directory (default ``DIR/report``). Pages reference the store's PNGs by relative paths,
+        so keep the report and the store where they are relative to each other.
+
+    Returns
+    -------
+    Path
+        ``OUT/index.html``. Also written: ``layer-<layer>.html``, ``unit-<layer>-u<unit>.html`` and
+        ``hist/<layer>-<metric>.png``; every file atomically.
+
+    Raises
+    ------
+    DiversevisError
+        If ``store_dir`` is not a results directory or holds no finished unit.
+    """
+    root = Path(store_dir)
+    if not root.exists():
+        raise DiversevisError(f"{str(root)!r} does not exist; run `diversevis sweep --out DIR` first")
+    with Store(root) as store:
+        rows = [r for r in store.rows() if r["status"] == "done"]
+        settings = store.get_meta("settings")
+    if not rows:
+        raise DiversevisError(
+            f"{str(root)!r} holds no finished units yet; run (or resume) `diversevis sweep --out {root}` first"
+        )
+    root = root.resolve()
+    dest = output_dir(root / REPORT_DIR if out is None else Path(out)).resolve()
+    settings = settings if isinstance(settings, dict) else {}
+
+    layer_names = list(dict.fromkeys(r["layer"] for r in rows))
+    slugs = _slugs(layer_names)
+    layers: list[LayerView] = []
+    for name in layer_names:
+        lhref = f"layer-{slugs[name]}.html"
+        units = [
+            _unit_view(r, root, dest, f"unit-{slugs[name]}-u{int(r['unit'])}.html", lhref)
+            for r in rows
+            if r["layer"] == name
+        ]
+        for a, b in zip(units, units[1:]):
+            a.next, b.prev = b, a
+        layer = LayerView(name=name, href=lhref, units=units, summary=_layer_summary(units))
+        for key, title, xlabel, threshold in HISTOGRAMS:
+            vals = [x for u in units if (x := _num(u.metrics.get(key))) is not None]
+            if not vals:
+                continue
+            png = dest / "hist" / f"{slugs[name]}-{key}.png"
+            atomic_write_bytes(png, _histogram_png(vals, f"{name}: {title}", xlabel, threshold))
+            layer.histograms.append(Histogram(key, title, _url(png, dest), len(vals)))
+        layers.append(layer)
+
+    all_units = [u for layer in layers for u in layer.units]
+    present = {c.key for c in COLUMNS if any(u.cells[c.key].sort for u in all_units)}
+    columns = [c for c in COLUMNS if c.key in present]
+    seconds = [u.seconds for u in all_units if u.seconds is not None]
+    model = settings.get("model") or next(
+        (r["spec"].get("mei", {}).get("model") for r in rows if isinstance(r["spec"], dict)), None
+    )
+    context = {
+        "version": __version__,
+        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model or "unknown model",
+        "store_name": root.name,
+        "settings": [(k, _fmt_value(v)) for k, v in settings.items()],
+        "layers": layers,
+        "all_units": all_units,
+        "columns": columns,
+        "has_kind": any(u.kind for u in all_units),
+        "counts": {
+            "layers": len(layers),
+            "units": len(all_units),
+            "missing": sum(1 for u in all_units if u.missing),
+            "compute": _duration(sum(seconds)) if seconds else None,
+        },
+    }
+
+    env = _environment()
+    index = dest / "index.html"
+    atomic_write_text(index, env.get_template("index.html.j2").render(**context, page="index"))
+    layer_tpl = env.get_template("layer.html.j2")
+    unit_tpl = env.get_template("unit.html.j2")
+    for layer in layers:
+        atomic_write_text(dest / layer.href, layer_tpl.render(**context, page="layer", layer=layer))
+        for u in layer.units:
+            atomic_write_text(dest / u.href, unit_tpl.render(**context, page="unit", layer=layer, u=u))
+    return index
