@@ -21,6 +21,7 @@ from diversevis.images.prior import (
     save_prior,
     train_prior,
 )
+from diversevis.images.prior import cache as prior_cache
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -240,7 +241,7 @@ def test_cache_round_trip(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached prior must not be retrained")
 
-    monkeypatch.setattr(pr, "train_prior", no_training)
+    monkeypatch.setattr(prior_cache, "train_prior", no_training)  # where load_prior looks it up
     second = load_prior("default", device="cpu")
     assert second is not first and second.config == tiny and second.metrics == first.metrics
     assert not second.training and not any(p.requires_grad for p in second.parameters())

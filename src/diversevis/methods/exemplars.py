@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,49 @@ def _match(patches: torch.Tensor, mu: torch.Tensor, norm: float) -> tuple[torch.
     return 0.5 + diff * scale.view(-1, 1, 1, 1), c
 
 
+def _patch_pool(
+    locs: Any, mu: torch.Tensor, norm: float, match_contrast: bool
+) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]:
+    """``pool(start, stop)``: the pool patches ``start:stop`` (contrast-matched or raw) and their natural
+    contrasts ``||p - mu||``, cropped on demand from the sampled locations ``locs``."""
+
+    def pool(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p = torch.from_numpy(locs.crop(start, stop)).permute(0, 3, 1, 2).contiguous()
+        if match_contrast:
+            return _match(p, mu, norm)
+        return p, (p - mu).flatten(1).norm(dim=1)
+
+    return pool
+
+
+def _pool_activations(
+    prob: Problem, pool: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], candidates: int, batch: int
+) -> torch.Tensor:
+    """Target values ``(candidates,)`` (float32, CPU) of the whole pool, ``batch`` patches at a time."""
+    net = prob.net
+    # channels-last batches run the convolutions about 1.5x faster on CPU (oneDNN); a model that cannot
+    # take them (e.g. it calls .view on its feature maps) gets ordinary contiguous batches instead
+    fmt = [torch.channels_last if net.device.type == "cpu" else torch.contiguous_format]
+    acts = torch.empty(candidates, dtype=torch.float32)
+
+    def values(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(net.device)
+        if fmt[0] is torch.channels_last:
+            try:
+                return prob.evaluate(x.contiguous(memory_format=fmt[0]), need_features=False)[0]
+            except RuntimeError:
+                fmt[0] = torch.contiguous_format
+        return prob.evaluate(x, need_features=False)[0]
+
+    with torch.no_grad():
+        for start in range(0, candidates, batch):
+            stop = min(candidates, start + batch)
+            acts[start:stop] = values(pool(start, stop)[0]).float().cpu()
+    if not torch.isfinite(acts).all():
+        raise DiversevisError(f"{net.name} returned non-finite activations for some natural patches")
+    return acts
+
+
 def top_patches(
     model: Network | nn.Module | str,
     layer: str,
@@ -334,33 +377,8 @@ def top_patches(
     # chunk by chunk gives the same patches without holding the whole pool in memory
     locs = _sample_locations(size, candidates, _resolve_folder(images), DEFAULT_SCALES, seed)
     mu = torch.from_numpy(dataset_mean(images).astype(np.float32)).view(3, 1, 1)
-
-    def pool(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        p = torch.from_numpy(locs.crop(start, stop)).permute(0, 3, 1, 2).contiguous()
-        if match_contrast:
-            return _match(p, mu, prob.norm)
-        return p, (p - mu).flatten(1).norm(dim=1)
-
-    # channels-last batches run the convolutions about 1.5x faster on CPU (oneDNN); a model that cannot
-    # take them (e.g. it calls .view on its feature maps) gets ordinary contiguous batches instead
-    fmt = [torch.channels_last if net.device.type == "cpu" else torch.contiguous_format]
-    acts = torch.empty(candidates, dtype=torch.float32)
-
-    def values(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(net.device)
-        if fmt[0] is torch.channels_last:
-            try:
-                return prob.evaluate(x.contiguous(memory_format=fmt[0]), need_features=False)[0]
-            except RuntimeError:
-                fmt[0] = torch.contiguous_format
-        return prob.evaluate(x, need_features=False)[0]
-
-    with torch.no_grad():
-        for start in range(0, candidates, batch):
-            stop = min(candidates, start + batch)
-            acts[start:stop] = values(pool(start, stop)[0]).float().cpu()
-    if not torch.isfinite(acts).all():
-        raise DiversevisError(f"{net.name} returned non-finite activations for some natural patches")
+    pool = _patch_pool(locs, mu, prob.norm, match_contrast)
+    acts = _pool_activations(prob, pool, candidates, batch)
     order = torch.sort(acts, descending=True, stable=True).indices[:k]
     chosen = [pool(int(i), int(i) + 1) for i in order]
     imgs = torch.cat([c[0] for c in chosen])
@@ -393,6 +411,63 @@ def top_patches(
 
 
 # ----------------------------------------------------------------------------------- diverse exemplars
+
+
+def _eligible(
+    acts: torch.Tensor, n: int, min_ratio: float | None, mei_activation: float | None
+) -> tuple[torch.Tensor, float | None]:
+    """Indices of the exemplars reaching ``min_ratio * mei_activation`` (all without ``min_ratio``), and
+    ``min_ratio`` as a float; raises if fewer than ``n`` are eligible."""
+    eligible = torch.arange(len(acts))
+    if min_ratio is not None:
+        min_ratio = float(min_ratio)
+        if mei_activation is None or mei_activation <= 0:
+            raise DiversevisError("min_ratio needs a positive mei_activation (the MEI at the same contrast)")
+        if not math.isfinite(min_ratio):
+            raise DiversevisError(f"min_ratio must be finite, got {min_ratio}")
+        eligible = torch.nonzero(acts >= min_ratio * mei_activation).flatten()
+    if n > len(eligible):
+        why = ""
+        if min_ratio is not None:
+            best = float(acts.max()) / mei_activation if len(acts) else math.nan
+            why = f" (activation >= {min_ratio:g} x MEI; the best exemplar reaches {best:.1%} of the MEI)"
+        raise DiversevisError(
+            f"cannot select n={n} exemplars: only {len(eligible)} of {len(acts)} are eligible{why}"
+        )
+    return eligible, min_ratio
+
+
+def _distance_problem(exemplars: ExemplarSet, net: Network, distance_layer: str | None) -> Problem:
+    """The exemplars' target (from their spec) with ``distance_layer`` as the distance space."""
+    s = exemplars.spec
+    prob = Problem.build(
+        net,
+        s["layer_path"],
+        s["unit"],
+        s["direction"],
+        s["metric"],
+        contrast=1.0,
+        norm=s["norm"],
+        distance_layer=distance_layer,
+        images_folder=None,
+    )
+    if tuple(exemplars.images.shape[-2:]) != (prob.placement.image_size,) * 2:
+        raise DiversevisError(
+            f"exemplar images are {tuple(exemplars.images.shape[-2:])} but the unit's receptive field is "
+            f"{prob.placement.image_size} px"
+        )
+    return prob
+
+
+def _features(prob: Problem, imgs: torch.Tensor, batch: int) -> torch.Tensor:
+    """Flattened distance-space features ``(N, D)`` (float32, CPU) of ``imgs``, ``batch`` at a time."""
+    net = prob.net
+    feats = []
+    with torch.no_grad():
+        for start in range(0, len(imgs), batch):
+            x = imgs[start : start + batch].to(net.device)
+            feats.append(prob.evaluate(x)[1].flatten(1).float().cpu())
+    return torch.cat(feats)
 
 
 def diverse_exemplars(
@@ -454,52 +529,15 @@ def diverse_exemplars(
         if not math.isfinite(mei_activation):
             raise DiversevisError(f"mei_activation must be finite, got {mei_activation}")
     acts = exemplars.activations.detach().cpu()
-    eligible = torch.arange(len(exemplars))
-    if min_ratio is not None:
-        min_ratio = float(min_ratio)
-        if mei_activation is None or mei_activation <= 0:
-            raise DiversevisError("min_ratio needs a positive mei_activation (the MEI at the same contrast)")
-        if not math.isfinite(min_ratio):
-            raise DiversevisError(f"min_ratio must be finite, got {min_ratio}")
-        eligible = torch.nonzero(acts >= min_ratio * mei_activation).flatten()
-    if n > len(eligible):
-        why = ""
-        if min_ratio is not None:
-            best = float(acts.max()) / mei_activation if len(acts) else math.nan
-            why = f" (activation >= {min_ratio:g} x MEI; the best exemplar reaches {best:.1%} of the MEI)"
-        raise DiversevisError(
-            f"cannot select n={n} exemplars: only {len(eligible)} of {len(exemplars)} are eligible{why}"
-        )
-    s = exemplars.spec
+    eligible, min_ratio = _eligible(acts, n, min_ratio, mei_activation)
     if distance_layer in _PIXEL_NAMES:
         distance_layer = None
-    prob = Problem.build(
-        net,
-        s["layer_path"],
-        s["unit"],
-        s["direction"],
-        s["metric"],
-        contrast=1.0,
-        norm=s["norm"],
-        distance_layer=distance_layer,
-        images_folder=None,
-    )
-    if tuple(exemplars.images.shape[-2:]) != (prob.placement.image_size,) * 2:
-        raise DiversevisError(
-            f"exemplar images are {tuple(exemplars.images.shape[-2:])} but the unit's receptive field is "
-            f"{prob.placement.image_size} px"
-        )
-    imgs = exemplars.images[eligible]
-    feats = []
-    with torch.no_grad():
-        for start in range(0, len(imgs), batch):
-            x = imgs[start : start + batch].to(net.device)
-            feats.append(prob.evaluate(x)[1].flatten(1).float().cpu())
-    f = torch.cat(feats)
+    prob = _distance_problem(exemplars, net, distance_layer)
+    f = _features(prob, exemplars.images[eligible], batch)
     first = int(torch.sort(acts[eligible], descending=True, stable=True).indices[0])
     picked = greedy_max_min(f, n, start=first)
     ranks = eligible[picked]
-    spec = dict(s)
+    spec = dict(exemplars.spec)
     spec.update(
         method="natural_exemplars",
         n=n,

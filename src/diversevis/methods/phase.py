@@ -26,7 +26,6 @@ amplitude fixed. ``grating(..., per_image=True)`` gives exact per-image norms wh
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Sequence
@@ -43,6 +42,7 @@ from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.core.result import Result
 from diversevis.methods.dfv import Problem, _common_spec, _prepare
+from diversevis.methods.phase_plot import plot_phase
 
 __all__ = ["grating", "modulation_ratio", "PhaseResult", "phase_test", "F_MAX"]
 
@@ -319,99 +319,11 @@ class PhaseResult:
         return out
 
     def plot(self) -> bytes:
-        """Render the four panels as PNG bytes (matplotlib, Agg, no global pyplot state)."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import NullFormatter
+        """Render the four panels as PNG bytes (matplotlib, Agg, no global pyplot state).
 
-        fig = Figure(figsize=(15, 3.9), dpi=100)
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1.2, 0.75]})
-        ax_o, ax_f, ax_p, ax_g = axes
-        s = self.spec
-        unit = s.get("unit")
-        what = f"unit {unit}" if unit is not None else "direction"
-        ratio = "undefined (never fires)" if not math.isfinite(self.f1_f0) else f"{self.f1_f0:.3f}"
-        fig.suptitle(
-            f"{s.get('model', '')}  {s.get('layer', '')}  {what}  -  gratings at L2 norm "
-            f"{s.get('norm', float('nan')):.3g} on {s.get('image_size')}px  -  F1/F0 = {ratio}"
-            + (f" ({self.kind})" if self.kind else ""),
-            fontsize=11,
-        )
-        grey = self.grey_response
-
-        deg, oc = np.degrees(self.orientations), self.orientation_curve
-        order = np.argsort(deg)
-        deg, oc = deg[order], oc[order]
-        if len(deg) > 1 and np.isclose(deg[0], 0.0):  # orientation is periodic: repeat 0 deg at 180 deg
-            deg, oc = np.append(deg, 180.0), np.append(oc, oc[0])
-        ax_o.plot(deg, oc, "o-", color="C0", ms=4)
-        ax_o.axvline(math.degrees(self.orientation), color="C3", lw=1, ls="--")
-        ax_o.set_xlim(-5, 185)
-        ax_o.set_xticks([0, 45, 90, 135, 180])
-        ax_o.set_xlabel("orientation (deg)")
-        ax_o.set_ylabel("max response over phase")
-        ax_o.set_title(f"orientation tuning at f = {self.frequency:.3g} c/px", fontsize=10)
-
-        order = np.argsort(self.frequencies)
-        ax_f.semilogx(self.frequencies[order], self.frequency_curve[order], "o-", color="C0", ms=4)
-        ax_f.axvline(self.frequency, color="C3", lw=1, ls="--")
-        lo, hi = float(self.frequencies.min()), float(self.frequencies.max())
-        ticks = [
-            t for t in (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5) if lo / 1.05 <= t <= hi * 1.05
-        ]
-        if len(ticks) < 2:
-            ticks = sorted({lo, hi})
-        ax_f.set_xticks(ticks)
-        ax_f.set_xticklabels([f"{t:.3g}" for t in ticks])
-        ax_f.xaxis.set_minor_formatter(NullFormatter())
-        ax_f.set_xlabel("spatial frequency (cycles/pixel)")
-        ax_f.set_title(f"SF tuning at {math.degrees(self.orientation):.1f} deg", fontsize=10)
-
-        ph, pc = np.degrees(self.phases), self.phase_curve
-        order = np.argsort(ph)
-        ph, pc = ph[order], pc[order]
-        if len(ph) > 1 and np.isclose(ph[0], 0.0):  # close the cycle: 360 deg repeats 0 deg
-            ph, pc = np.append(ph, 360.0), np.append(pc, pc[0])
-        ax_p.plot(ph, pc, "o-", color="C0", ms=3, label="response (pre-ReLU)")
-        ax_p.fill_between(ph, 0, np.maximum(pc, 0.0), color="C1", alpha=0.35, label="rate = relu(response)")
-        if math.isfinite(self.f1_f0):
-            p1 = self._harmonic_phase()
-            fine = np.linspace(0, 2 * math.pi, 361)
-            ax_p.plot(
-                np.degrees(fine),
-                self.f0 + self.f1 * np.cos(fine - p1),
-                color="C2",
-                lw=1.2,
-                ls="--",
-                label="F0 + F1 cos",
-            )
-        ax_p.axhline(self.f0, color="C2", lw=0.8)
-        ax_p.axhline(0, color="k", lw=0.6)
-        for ax in (ax_o, ax_f, ax_p):
-            if math.isfinite(grey):
-                ax.axhline(grey, color="0.5", lw=0.8, ls=":", label="grey image" if ax is ax_p else None)
-            ax.grid(alpha=0.3)
-        ax_p.set_xlim(0, 360)
-        ax_p.set_xticks([0, 90, 180, 270, 360])
-        ax_p.set_xlabel("grating phase (deg)")
-        ax_p.set_title(f"F1/F0 = {ratio}   (F0 = {self.f0:.3g}, F1 = {self.f1:.3g})", fontsize=10)
-        ax_p.legend(fontsize=7, loc="best")
-
-        img = self.best_grating.detach().cpu().float().clamp(0, 1).numpy()
-        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-        ax_g.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax_g.set_xticks([])
-        ax_g.set_yticks([])
-        ax_g.set_title(
-            f"best grating: {math.degrees(self.orientation):.1f} deg,\n"
-            f"{self.frequency:.3g} c/px, phase {math.degrees(self.best_phase):.0f} deg",
-            fontsize=9,
-        )
-        fig.tight_layout(rect=(0, 0, 1, 0.93))
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        See :func:`diversevis.methods.phase_plot.plot_phase`.
+        """
+        return plot_phase(self)
 
     def _harmonic_phase(self) -> float:
         r = self.rates
@@ -470,6 +382,74 @@ def _responses(prob: Problem, th: Tensor, f: Tensor, ph: Tensor) -> Tensor:
             )
             out.append(prob.evaluate(x, need_features=False)[0].double().cpu())
     return torch.cat(out)
+
+
+def _coarse_search(
+    prob: Problem, thetas: np.ndarray, freqs: np.ndarray, coarse_ph: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """All ``(theta, f, phase)`` gratings in a few large batches.
+
+    Returns the ``(T, F, P)`` responses, the ``(T, F)`` best response over phase, and the indices of the
+    preferred orientation and frequency (the argmax of the latter).
+    """
+    T, Fn, P = len(thetas), len(freqs), len(coarse_ph)
+    th = torch.as_tensor(thetas).view(T, 1, 1).expand(T, Fn, P).reshape(-1)
+    ff = torch.as_tensor(freqs).view(1, Fn, 1).expand(T, Fn, P).reshape(-1)
+    pp = torch.as_tensor(coarse_ph).view(1, 1, P).expand(T, Fn, P).reshape(-1)
+    coarse = _responses(prob, th, ff, pp).view(T, Fn, P).numpy()
+    best_over_phase = coarse.max(axis=2)  # (T, F)
+    ti, fi = np.unravel_index(int(np.argmax(best_over_phase)), best_over_phase.shape)
+    return coarse, best_over_phase, ti, fi
+
+
+def _fine_sweep(prob: Problem, theta: float, f: float, n_fine: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n_fine`` evenly spaced phases over ``[0, 2 pi)`` at ``(theta, f)`` and their raw responses."""
+    fine_ph = np.arange(n_fine) * (2 * math.pi / n_fine)
+    fine_t = torch.as_tensor(fine_ph)
+    curve = _responses(prob, torch.full_like(fine_t, theta), torch.full_like(fine_t, f), fine_t)
+    return fine_ph, curve.numpy()
+
+
+def _grey_response(prob: Problem) -> float:
+    """Target value of the blank grey (0.5) image of the grating size."""
+    net = prob.net
+    size = prob.placement.image_size
+    with torch.no_grad():
+        blank = torch.full((1, net.in_channels, size, size), 0.5, device=net.device)
+        return float(prob.evaluate(blank, need_features=False)[0][0])
+
+
+def _phase_spec(
+    prob: Problem,
+    *,
+    contrast: float,
+    norm: float | None,
+    images: str | Path | None,
+    counts: tuple[int, int, int, int],
+    freqs: np.ndarray,
+    seconds: float,
+) -> dict[str, Any]:
+    """Run spec of :func:`phase_test`; ``counts`` = (orientations, frequencies, phases, fine phases)."""
+    net = prob.net
+    size = prob.placement.image_size
+    T, Fn, P, n_fine = counts
+    return _common_spec(
+        method="phase",
+        **prob.spec(),
+        contrast=contrast if norm is None else None,
+        amplitude=prob.norm * math.sqrt(2.0 / (net.in_channels * size * size)),
+        orientations=T,
+        frequencies=Fn,
+        phases=P,
+        fine_phases=n_fine,
+        f_min=float(freqs.min()),
+        f_max=float(freqs.max()),
+        forward_passes=T * Fn * P + n_fine + 1,
+        device=str(net.device),
+        dtype="float32",
+        natural_images=(str(images) if images else "bundled") if norm is None else None,
+        seconds=round(seconds, 3),
+    )
 
 
 def phase_test(
@@ -561,45 +541,23 @@ def phase_test(
 
     mei_act = mei.mei_activation if isinstance(mei, Result) else (None if mei is None else float(mei))
 
-    # coarse search: all (theta, f, phase) in a few large batches
-    T, Fn, P = len(thetas), len(freqs), n_ph
-    th = torch.as_tensor(thetas).view(T, 1, 1).expand(T, Fn, P).reshape(-1)
-    ff = torch.as_tensor(freqs).view(1, Fn, 1).expand(T, Fn, P).reshape(-1)
-    pp = torch.as_tensor(coarse_ph).view(1, 1, P).expand(T, Fn, P).reshape(-1)
-    coarse = _responses(prob, th, ff, pp).view(T, Fn, P).numpy()
-    best_over_phase = coarse.max(axis=2)  # (T, F)
-    ti, fi = np.unravel_index(int(np.argmax(best_over_phase)), best_over_phase.shape)
+    coarse, best_over_phase, ti, fi = _coarse_search(prob, thetas, freqs, coarse_ph)
     theta_star, f_star = float(thetas[ti]), float(freqs[fi])
-
-    # fine phase sweep at the preferred (theta, f)
-    fine_ph = np.arange(n_fine) * (2 * math.pi / n_fine)
-    fine_t = torch.as_tensor(fine_ph)
-    curve = _responses(prob, torch.full_like(fine_t, theta_star), torch.full_like(fine_t, f_star), fine_t)
-    curve = curve.numpy()
+    fine_ph, curve = _fine_sweep(prob, theta_star, f_star, n_fine)
     ratio, f0, f1 = modulation_ratio(np.maximum(curve, 0.0), fine_ph)
-    with torch.no_grad():
-        blank = torch.full((1, net.in_channels, size, size), 0.5, device=net.device)
-        grey = float(prob.evaluate(blank, need_features=False)[0][0])
+    grey = _grey_response(prob)
     best_phase = float(fine_ph[int(np.argmax(curve))])
     best = 0.5 + grating(size, theta_star, f_star, best_phase, channels=net.in_channels, norm=prob.norm)
     seconds = time.perf_counter() - t0
 
-    spec = _common_spec(
-        method="phase",
-        **prob.spec(),
-        contrast=contrast if norm is None else None,
-        amplitude=prob.norm * math.sqrt(2.0 / (net.in_channels * size * size)),
-        orientations=T,
-        frequencies=Fn,
-        phases=P,
-        fine_phases=n_fine,
-        f_min=float(freqs.min()),
-        f_max=float(freqs.max()),
-        forward_passes=T * Fn * P + n_fine + 1,
-        device=str(net.device),
-        dtype="float32",
-        natural_images=(str(images) if images else "bundled") if norm is None else None,
-        seconds=round(seconds, 3),
+    spec = _phase_spec(
+        prob,
+        contrast=contrast,
+        norm=norm,
+        images=images,
+        counts=(len(thetas), len(freqs), n_ph, n_fine),
+        freqs=freqs,
+        seconds=seconds,
     )
     return PhaseResult(
         orientation=theta_star,

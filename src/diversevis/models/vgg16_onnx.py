@@ -209,6 +209,31 @@ def _ints(attrs: dict[str, Any], name: str, default: list[int]) -> list[int]:
     return [int(v) for v in value]
 
 
+def _check_pool(attrs: dict[str, Any], where: str) -> None:
+    """A VGG max-pool node: 2x2, stride 2, no padding, floor mode."""
+    if _ints(attrs, "kernel_shape", []) != [2, 2] or _ints(attrs, "strides", [1, 1]) != [2, 2]:
+        raise DiversevisError(f"{where}: expected a 2x2 max-pool with stride 2, got attributes {attrs}")
+    if any(_ints(attrs, "pads", [0, 0, 0, 0])) or attrs.get("ceil_mode", 0):
+        raise DiversevisError(f"{where}: expected an unpadded max-pool, got attributes {attrs}")
+
+
+def _check_conv(attrs: dict[str, Any], where: str) -> None:
+    """A VGG convolution node: 3x3, padding 1, stride 1, no dilation, one group, explicit padding."""
+    checks = {
+        "kernel_shape": (_ints(attrs, "kernel_shape", [3, 3]), [3, 3]),
+        "pads": (_ints(attrs, "pads", [0, 0, 0, 0]), [1, 1, 1, 1]),
+        "strides": (_ints(attrs, "strides", [1, 1]), [1, 1]),
+        "dilations": (_ints(attrs, "dilations", [1, 1]), [1, 1]),
+        "group": ([int(attrs.get("group", 1))], [1]),
+    }
+    for name, (got, want) in checks.items():
+        if got != want:
+            raise DiversevisError(f"{where}: {name} is {got}, expected {want}")
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    if auto_pad not in (b"NOTSET", "NOTSET"):
+        raise DiversevisError(f"{where}: auto_pad is {auto_pad!r}, expected NOTSET")
+
+
 def _convert_onnx(path: Path) -> dict[str, torch.Tensor]:
     """Read the 13 VGG-16 convolutions of the ONNX file at ``path`` (graph order) into a state dict."""
     try:
@@ -246,12 +271,7 @@ def _convert_onnx(path: Path) -> dict[str, torch.Tensor]:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         where = f"{source}, node {node.name!r}"
         if v == "M":
-            if _ints(attrs, "kernel_shape", []) != [2, 2] or _ints(attrs, "strides", [1, 1]) != [2, 2]:
-                raise DiversevisError(
-                    f"{where}: expected a 2x2 max-pool with stride 2, got attributes {attrs}"
-                )
-            if any(_ints(attrs, "pads", [0, 0, 0, 0])) or attrs.get("ceil_mode", 0):
-                raise DiversevisError(f"{where}: expected an unpadded max-pool, got attributes {attrs}")
+            _check_pool(attrs, where)
             idx += 1
             continue
         if len(node.input) != 3:
@@ -267,19 +287,7 @@ def _convert_onnx(path: Path) -> dict[str, torch.Tensor]:
                 f"{where}: weight/bias shapes {weight.shape}/{bias.shape}, expected "
                 f"{(out, channels, 3, 3)}/{(out,)}"
             )
-        checks = {
-            "kernel_shape": (_ints(attrs, "kernel_shape", [3, 3]), [3, 3]),
-            "pads": (_ints(attrs, "pads", [0, 0, 0, 0]), [1, 1, 1, 1]),
-            "strides": (_ints(attrs, "strides", [1, 1]), [1, 1]),
-            "dilations": (_ints(attrs, "dilations", [1, 1]), [1, 1]),
-            "group": ([int(attrs.get("group", 1))], [1]),
-        }
-        for name, (got, want) in checks.items():
-            if got != want:
-                raise DiversevisError(f"{where}: {name} is {got}, expected {want}")
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        if auto_pad not in (b"NOTSET", "NOTSET"):
-            raise DiversevisError(f"{where}: auto_pad is {auto_pad!r}, expected NOTSET")
+        _check_conv(attrs, where)
         if idx == 0:
             # Keras/Caffe VGG takes BGR input; flip conv1_1's input channels so the network takes RGB.
             weight = weight[:, ::-1]
