@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from diversevis.cli import (
-    _add_model_args,
-    _add_out_args,
-    _load,
-    _nonneg_float,
-    _nonneg_int,
-    _out_dir,
-    _positive_float,
-    _positive_int,
+from diversevis.cli.common import (
+    add_model_args,
+    add_out_args,
+    load,
+    nonneg_float,
+    nonneg_int,
+    out_dir,
+    positive_float,
+    positive_int,
 )
 from diversevis.core.errors import DiversevisError
 
@@ -38,17 +38,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "class logit) in a Fourier parametrisation with natural-colour decorrelation and random "
         "pad/jitter/scale/rotate transforms (grid.png, images.npz, result.json).",
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--layer", "-l", required=True, help="layer alias (conv5_1) or dot path (features.24)")
     p.add_argument(
         "--unit",
         "-u",
-        type=_nonneg_int,
+        type=nonneg_int,
         default=None,
         help="channel or class index (may be omitted for 1-unit layers)",
     )
-    p.add_argument("--images", "-n", type=_positive_int, default=1, help="number of images (default: 1)")
-    p.add_argument("--size", type=_positive_int, default=128, help="image side in pixels (default: 128)")
+    p.add_argument("--images", "-n", type=positive_int, default=1, help="number of images (default: 1)")
+    p.add_argument("--size", type=positive_int, default=128, help="image side in pixels (default: 128)")
     p.add_argument(
         "--objective",
         choices=["center", "channel"],
@@ -57,7 +57,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--pixels", action="store_true", help="pixel parametrisation instead of FFT")
     p.add_argument(
-        "--decay-power", type=_nonneg_float, default=1.0, help="FFT spectrum fall-off 1/f^d (default: 1)"
+        "--decay-power", type=nonneg_float, default=1.0, help="FFT spectrum fall-off 1/f^d (default: 1)"
     )
     p.add_argument("--no-decorrelate", action="store_true", help="no colour decorrelation")
     p.add_argument(
@@ -68,54 +68,59 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--contrast",
-        type=_positive_float,
+        type=positive_float,
         default=0.5,
         help="--constraint norm: fraction of the mean natural-patch norm (default: 0.5)",
     )
-    p.add_argument("--norm", type=_positive_float, default=None, help="--constraint norm: absolute L2 norm")
-    p.add_argument("--no-transforms", action="store_true", help="no random pad/jitter/scale/rotate")
-    p.add_argument("--pad", type=_nonneg_int, default=12, help="grey padding in pixels (default: 12)")
-    p.add_argument("--jitter", type=_nonneg_int, default=8, help="maximum shift in pixels (default: 8)")
+    p.add_argument("--norm", type=positive_float, default=None, help="--constraint norm: absolute L2 norm")
+    _add_transform_args(p)
     p.add_argument(
-        "--scale", type=_scale_range, default=(0.9, 1.1), help="scale range LO,HI (default: 0.9,1.1)"
+        "--l1", type=nonneg_float, default=0.0, help="weight of the L1 distance from grey (default: 0)"
     )
-    p.add_argument(
-        "--rotate", type=_nonneg_float, default=10.0, help="maximum rotation in degrees (default: 10)"
-    )
-    p.add_argument(
-        "--l1", type=_nonneg_float, default=0.0, help="weight of the L1 distance from grey (default: 0)"
-    )
-    p.add_argument("--tv", type=_nonneg_float, default=0.0, help="weight of the total variation (default: 0)")
+    p.add_argument("--tv", type=nonneg_float, default=0.0, help="weight of the total variation (default: 0)")
     p.add_argument(
         "--redirect-relu",
-        type=_nonneg_int,
+        type=nonneg_int,
         default=0,
         metavar="K",
         help="redirected ReLU gradients for the first K steps (for units that stay grey; default: 0 = off)",
     )
     p.add_argument(
         "--lr",
-        type=_positive_float,
+        type=positive_float,
         default=0.1,
         help="Adam learning rate, about the pixel change per step (default: 0.1)",
     )
-    p.add_argument("--max-iter", type=_positive_int, default=512, help="maximum iterations (default: 512)")
+    p.add_argument("--max-iter", type=positive_int, default=512, help="maximum iterations (default: 512)")
     p.add_argument(
         "--patience",
-        type=_nonneg_int,
+        type=nonneg_int,
         default=100,
         help="early stopping: iterations without EMA-loss improvement (default: 100; 0 disables)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    _add_out_args(p)
+    add_out_args(p)
     return p
+
+
+def _add_transform_args(p: argparse.ArgumentParser) -> None:
+    """Add the random transforms' arguments (``--no-transforms`` to ``--rotate``) to ``p``."""
+    p.add_argument("--no-transforms", action="store_true", help="no random pad/jitter/scale/rotate")
+    p.add_argument("--pad", type=nonneg_int, default=12, help="grey padding in pixels (default: 12)")
+    p.add_argument("--jitter", type=nonneg_int, default=8, help="maximum shift in pixels (default: 8)")
+    p.add_argument(
+        "--scale", type=_scale_range, default=(0.9, 1.1), help="scale range LO,HI (default: 0.9,1.1)"
+    )
+    p.add_argument(
+        "--rotate", type=nonneg_float, default=10.0, help="maximum rotation in degrees (default: 10)"
+    )
 
 
 def run(args) -> int:
     """Handle ``diversevis actmax``."""
     from diversevis.methods.classic.actmax import actmax
 
-    net = _load(args)
+    net = load(args)
     if args.norm is not None and args.constraint != "norm":
         raise DiversevisError("--norm applies to --constraint norm only")
     res = actmax(
@@ -148,7 +153,7 @@ def run(args) -> int:
     )
     if args.unit is None:
         args.unit = res.spec["unit"]
-    out = res.save(_out_dir(args, net))
+    out = res.save(out_dir(args, net))
     s = res.spec
     acts = ", ".join(f"{a:.4g}" for a in res.activations.tolist())
     print(
@@ -158,3 +163,7 @@ def run(args) -> int:
     print(f"  activation: {acts}  (grey image: {s['grey_activation']:.4g})")
     print(f"  wrote {out / 'grid.png'}, {out / 'images.npz'}, {out / 'result.json'}")
     return 0
+
+
+#: ``(add_parser, run)`` of this module's subcommand.
+COMMANDS = ((add_parser, run),)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from diversevis.cli import _add_model_args, _add_out_args, _load, _nonneg_int, _out_dir, _positive_int
+from diversevis.cli.common import add_model_args, add_out_args, load, nonneg_int, out_dir, positive_int
 from diversevis.core.errors import DiversevisError
 
-__all__ = ["add_parser", "run", "parse_position"]
+__all__ = ["COMMANDS", "add_parser", "run", "parse_position"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,9 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="Examples: diversevis deconv -m vgg16 -l conv3_1 -u 21 --image chelsea;  "
         "diversevis deconv -m vgg16 -l conv3_1 -u 21 --top 9",
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--layer", "-l", required=True, help="layer alias (conv3_1) or dot path (features.10)")
-    p.add_argument("--unit", "-u", type=_nonneg_int, required=True, help="channel index of the unit")
+    p.add_argument("--unit", "-u", type=nonneg_int, required=True, help="channel index of the unit")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument(
         "--image",
@@ -40,12 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument(
         "--top",
         metavar="K",
-        type=_positive_int,
+        type=positive_int,
         help="project the unit's K most activating natural patches instead (the paper shows 9)",
     )
     p.add_argument(
         "--image-size",
-        type=_positive_int,
+        type=positive_int,
         default=224,
         help="--image: resize the short side to this and crop the centre square (default: 224)",
     )
@@ -57,12 +57,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--candidates",
-        type=_positive_int,
+        type=positive_int,
         default=2048,
         help="--top: natural patches searched (default: 2048)",
     )
     p.add_argument("--seed", type=int, default=0, help="--top: seed of the patch pool (default: 0)")
-    _add_out_args(p)
+    add_out_args(p)
     return p
 
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from diversevis.methods.classic.deconvnet import deconv_top_patches, deconvnet
 
     position = parse_position(args.position)
-    net = _load(args)
+    net = load(args)
     if args.top is not None:
         if position != "max":
             raise DiversevisError(
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         res = deconvnet(net, args.layer, args.unit, args.image, position=position, size=args.image_size)
         h, w = res.images.shape[-2:]
         what = f"{res.spec['source']['image']} ({h}x{w} px), position {args.position}"
-    directory = _out_dir(args, net)
+    directory = out_dir(args, net)
     if args.top is not None and not args.out:  # keep photo runs and top-patch runs apart
         directory = directory.with_name(f"{directory.name}_top{args.top}")
     out = res.save(directory)
@@ -125,3 +125,7 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"  wrote {out / 'deconv.png'}, {out / 'deconv.npz'}, {out / 'deconv.json'}")
     return 0
+
+
+#: ``(add_parser, run)`` of this module's subcommand.
+COMMANDS = ((add_parser, run),)

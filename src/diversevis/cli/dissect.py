@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diversevis.cli import _add_model_args, _add_out_args, _load, _positive_int
+from diversevis.cli.common import add_model_args, add_out_args, load, positive_int
 from diversevis.core.errors import DiversevisError
 
-__all__ = ["add_parser", "run"]
+__all__ = ["COMMANDS", "add_parser", "run"]
 
 
 def _fraction(s: str) -> float:
@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="Examples: diversevis dissect -m vgg16 -l conv1_2 --size 112;  "
         "diversevis dissect -m vgg16 -l conv5_3 --dataset ~/broden1_224 --categories object,part",
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--layer", "-l", required=True, help="layer alias (conv3_3) or dot path (features.14)")
     p.add_argument(
         "--units", default="all", help="all, a range 0-63, a list 1,5,9, or sample:32 (default: all)"
@@ -66,9 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--categories", default=None, help="Broden categories to use, comma-separated (default: all)"
     )
     p.add_argument(
-        "--size", type=_positive_int, default=224, help="colour-probe image side in pixels (default: 224)"
+        "--size", type=positive_int, default=224, help="colour-probe image side in pixels (default: 224)"
     )
-    p.add_argument("--max-images", type=_positive_int, default=None, help="use only the first N images")
+    p.add_argument("--max-images", type=positive_int, default=None, help="use only the first N images")
     p.add_argument(
         "--quantile",
         type=_fraction,
@@ -87,8 +87,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="auto",
         help="exact top-k quantiles, a streaming histogram, or exact when it fits in memory (default: auto)",
     )
-    p.add_argument("--batch", type=_positive_int, default=8, help="images per forward pass (default: 8)")
-    _add_out_args(p)
+    p.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default: 8)")
+    add_out_args(p)
     for action in p._actions:
         if action.dest == "out":
             action.help = "output directory (default: runs/<model>_<layer>_dissect)"
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dataset is None:
             raise DiversevisError("--categories selects Broden categories; it needs --dataset BRODEN_DIR")
         categories = [c.strip() for c in args.categories.split(",") if c.strip()]
-    net = _load(args)
+    net = load(args)
     res = dissect(
         net,
         args.layer,
@@ -139,3 +139,7 @@ def run(args: argparse.Namespace) -> int:
         f"  wrote {out / 'dissection.json'}, {out / 'dissection.md'}, {out / 'detectors.png'}, {out / 'iou.npz'}"
     )
     return 0
+
+
+#: ``(add_parser, run)`` of this module's subcommand.
+COMMANDS = ((add_parser, run),)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diversevis.cli import (
-    _add_model_args,
-    _add_out_args,
-    _load,
-    _nonneg_float,
-    _nonneg_int,
-    _positive_float,
-    _positive_int,
+from diversevis.cli.common import (
+    add_model_args,
+    add_out_args,
+    load,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
 )
 
 
@@ -25,7 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "(relative feature error + alpha-norm and total-variation priors; Mahendran & Vedaldi 2015). "
         "Writes grid.png (reconstruction, target), images.npz and result.json.",
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--layer", "-l", required=True, help="layer alias (conv3_1) or dot path (features.10)")
     p.add_argument(
         "--image",
@@ -36,28 +36,28 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--size",
-        type=_nonneg_int,
+        type=nonneg_int,
         default=128,
         help="resize the shorter side and crop the centre square (default: 128; 0 keeps the image as is)",
     )
     p.add_argument(
-        "--alpha", type=_positive_float, default=6.0, help="exponent of the range prior (default: 6)"
+        "--alpha", type=positive_float, default=6.0, help="exponent of the range prior (default: 6)"
     )
-    p.add_argument("--beta", type=_positive_float, default=2.0, help="exponent of the TV prior (default: 2)")
+    p.add_argument("--beta", type=positive_float, default=2.0, help="exponent of the TV prior (default: 2)")
     p.add_argument(
-        "--lambda-alpha", type=_nonneg_float, default=1e-5, help="weight of the range prior (default: 1e-5)"
+        "--lambda-alpha", type=nonneg_float, default=1e-5, help="weight of the range prior (default: 1e-5)"
     )
     p.add_argument(
         "--lambda-tv",
-        type=_nonneg_float,
+        type=nonneg_float,
         default=1e-3,
         help="weight of the TV prior (default: 1e-3; deeper layers need more)",
     )
-    p.add_argument("--lr", type=_positive_float, default=0.05, help="Adam learning rate (default: 0.05)")
-    p.add_argument("--max-iter", type=_positive_int, default=500, help="maximum iterations (default: 500)")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="Adam learning rate (default: 0.05)")
+    p.add_argument("--max-iter", type=positive_int, default=500, help="maximum iterations (default: 500)")
     p.add_argument(
         "--patience",
-        type=_nonneg_int,
+        type=nonneg_int,
         default=100,
         help="early stopping: iterations without EMA-loss improvement (default: 100; 0 disables)",
     )
@@ -65,7 +65,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--no-precondition", action="store_true", help="disable the 1/sqrt(f) gradient preconditioner"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    _add_out_args(p)
+    add_out_args(p)
     return p
 
 
@@ -81,7 +81,7 @@ def run(args) -> int:
     """Handle ``diversevis invert``."""
     from diversevis.methods.classic.inversion import invert
 
-    net = _load(args)
+    net = load(args)
     res = invert(
         net,
         args.layer,
@@ -111,3 +111,7 @@ def run(args) -> int:
     )
     print(f"  wrote {out / 'grid.png'}, {out / 'images.npz'}, {out / 'result.json'}")
     return 0
+
+
+#: ``(add_parser, run)`` of this module's subcommand.
+COMMANDS = ((add_parser, run),)

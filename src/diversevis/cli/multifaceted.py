@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import argparse
 
-from diversevis.cli import (
-    _add_model_args,
-    _add_out_args,
-    _load,
-    _nonneg_float,
-    _nonneg_int,
-    _out_dir,
-    _positive_float,
-    _positive_int,
+from diversevis.cli.common import (
+    add_model_args,
+    add_out_args,
+    load,
+    nonneg_float,
+    nonneg_int,
+    out_dir,
+    positive_float,
+    positive_int,
 )
 
-__all__ = ["add_parser", "run"]
+__all__ = ["COMMANDS", "add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -34,19 +34,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "result.json.",
         epilog="Example: diversevis multifaceted -m vgg16 -l conv4_3 -u 10 --k 4 --candidates 2048",
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--layer", "-l", required=True, help="layer alias (conv4_3) or dot path (features.21)")
-    p.add_argument("--unit", "-u", type=_nonneg_int, required=True, help="channel index of the unit")
+    p.add_argument("--unit", "-u", type=nonneg_int, required=True, help="channel index of the unit")
     p.add_argument(
-        "--k", type=_positive_int, default=4, help="number of facets (k-means clusters; default: 4)"
+        "--k", type=positive_int, default=4, help="number of facets (k-means clusters; default: 4)"
     )
-    p.add_argument("--top", type=_positive_int, default=128, help="top patches clustered (default: 128)")
+    p.add_argument("--top", type=positive_int, default=128, help="top patches clustered (default: 128)")
     p.add_argument(
-        "--candidates", type=_positive_int, default=2048, help="random natural patches scored (default: 2048)"
+        "--candidates", type=positive_int, default=2048, help="random natural patches scored (default: 2048)"
     )
     p.add_argument(
         "--patch-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="patch and image side in pixels (default: the unit's receptive-field size)",
     )
@@ -68,47 +68,52 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--no-normalize", action="store_true", help="cluster raw embeddings instead of unit-norm ones"
     )
     p.add_argument(
-        "--pca", type=_positive_int, default=None, help="PCA components before k-means (default: none)"
+        "--pca", type=positive_int, default=None, help="PCA components before k-means (default: none)"
     )
     p.add_argument(
         "--n-mean",
-        type=_positive_int,
+        type=positive_int,
         default=15,
         help="members closest to the centroid averaged into the start image (default: 15, as the paper)",
     )
-    p.add_argument("--lr", type=_positive_float, default=0.02, help="Adam learning rate (default: 0.02)")
-    p.add_argument("--max-iter", type=_positive_int, default=100, help="iterations (default: 100)")
+    _add_optim_args(p)
+    p.add_argument("--show", type=positive_int, default=6, help="members shown per facet row (default: 6)")
+    p.add_argument("--batch", type=positive_int, default=64, help="patches per forward pass (default: 64)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default: 0)")
+    add_out_args(p)
+    return p
+
+
+def _add_optim_args(p: argparse.ArgumentParser) -> None:
+    """Add the facet images' optimisation arguments (``--lr`` to ``--window``) to ``p``."""
+    p.add_argument("--lr", type=positive_float, default=0.02, help="Adam learning rate (default: 0.02)")
+    p.add_argument("--max-iter", type=positive_int, default=100, help="iterations (default: 100)")
     p.add_argument(
-        "--patience", type=_nonneg_int, default=0, help="early-stopping patience (default: 0 = off)"
+        "--patience", type=nonneg_int, default=0, help="early-stopping patience (default: 0 = off)"
     )
-    p.add_argument("--tv", type=_nonneg_float, default=2.0, help="total-variation weight (default: 2.0)")
+    p.add_argument("--tv", type=nonneg_float, default=2.0, help="total-variation weight (default: 2.0)")
     p.add_argument(
         "--facet-weight",
-        type=_nonneg_float,
+        type=nonneg_float,
         default=0.0,
         help="weight of a term keeping each image in its facet's embedding direction (default: 0, the paper)",
     )
     p.add_argument(
-        "--jitter", type=_nonneg_int, default=None, help="jitter margin in pixels (default: size/16; 0 = off)"
+        "--jitter", type=nonneg_int, default=None, help="jitter margin in pixels (default: size/16; 0 = off)"
     )
     p.add_argument(
         "--window",
-        type=_nonneg_float,
+        type=nonneg_float,
         default=0.3,
         help="jitter SD as a fraction of its range (default: 0.3)",
     )
-    p.add_argument("--show", type=_positive_int, default=6, help="members shown per facet row (default: 6)")
-    p.add_argument("--batch", type=_positive_int, default=64, help="patches per forward pass (default: 64)")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default: 0)")
-    _add_out_args(p)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``diversevis multifaceted``; returns the exit status."""
     from diversevis.methods.classic.multifaceted import multifaceted
 
-    net = _load(args)
+    net = load(args)
     res = multifaceted(
         net,
         args.layer,
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         images=args.naturals,
         progress=not args.quiet,
     )
-    out = res.save(_out_dir(args, net), n_show=args.show)
+    out = res.save(out_dir(args, net), n_show=args.show)
     s = res.spec
     print(
         f"{s['model']} {s['layer']} unit {s['unit']}: {res.k} facets of {s['top']} top patches "
@@ -150,3 +155,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  top natural patch {float(res.patch_activations.max()):.4g}")
     print(f"  wrote {out / 'grid.png'}, {out / 'facets.npz'}, {out / 'result.json'}")
     return 0
+
+
+#: ``(add_parser, run)`` of this module's subcommand.
+COMMANDS = ((add_parser, run),)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diversevis.cli import _add_model_args, _add_out_args, _load, _nonneg_int, _out_dir, _positive_int
+from diversevis.cli.common import add_model_args, add_out_args, load, nonneg_int, out_dir, positive_int
 from diversevis.core.errors import DiversevisError
 
-__all__ = ["add_parser", "run", "parse_fill"]
+__all__ = ["COMMANDS", "add_parser", "run", "parse_fill"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,12 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="Examples: diversevis occlusion -m vgg16 -l conv5_3 -u 21 --image chelsea;  "
         "diversevis occlusion -m efficientnet-lite0 --class-index 285 --image chelsea",
     )
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--layer", "-l", default=None, help="layer of the unit (alias or dot path)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--unit", "-u", type=_nonneg_int, help="channel index of the unit (needs --layer)")
+    g.add_argument("--unit", "-u", type=nonneg_int, help="channel index of the unit (needs --layer)")
     g.add_argument(
-        "--class-index", type=_nonneg_int, help="target the model's output logit of this class (no --layer)"
+        "--class-index", type=nonneg_int, help="target the model's output logit of this class (no --layer)"
     )
     p.add_argument(
         "--image",
@@ -42,12 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--image-size",
-        type=_positive_int,
+        type=positive_int,
         default=224,
         help="resize the short side to this and crop the centre square (default: 224)",
     )
-    p.add_argument("--size", type=_positive_int, default=32, help="occluder side in pixels (default: 32)")
-    p.add_argument("--stride", type=_positive_int, default=16, help="occluder step in pixels (default: 16)")
+    p.add_argument("--size", type=positive_int, default=32, help="occluder side in pixels (default: 32)")
+    p.add_argument("--stride", type=positive_int, default=16, help="occluder step in pixels (default: 16)")
     p.add_argument(
         "--fill", default="grey", help="occluder colour: grey (0.5), mean (natural-image mean), V or R,G,B"
     )
@@ -58,9 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="unit read-out: sum of the rectified map, centre position, or the unoccluded argmax (default: sum)",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int, default=32, help="occluded images per forward pass (default: 32)"
+        "--batch-size", type=positive_int, default=32, help="occluded images per forward pass (default: 32)"
     )
-    _add_out_args(p)
+    add_out_args(p)
     return p
 
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.class_index is not None and args.layer is not None:
         raise DiversevisError("--class-index targets the model's output; drop --layer (or use --unit)")
     fill = parse_fill(args.fill)
-    net = _load(args)
+    net = load(args)
     res = occlusion(
         net,
         args.image,
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         name = net.name.replace(":", "-").replace("/", "-")
         directory = Path("runs") / f"{name}_class{args.class_index}_occlusion"
     else:
-        directory = _out_dir(args, net)
+        directory = out_dir(args, net)
     out = res.save(directory)
     s, m = res.spec, res.metrics()
     ny, nx = m["grid"]
@@ -121,3 +121,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"  wrote {out / 'occlusion.png'}, {out / 'occlusion.npz'}, {out / 'occlusion.json'}")
     return 0
+
+
+#: ``(add_parser, run)`` of this module's subcommand.
+COMMANDS = ((add_parser, run),)

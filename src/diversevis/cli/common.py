@@ -1,0 +1,214 @@
+"""Argument helpers shared by the ``diversevis`` subcommands.
+
+Argparse ``type=`` checkers (:func:`number` and its instances), the argument groups several commands add
+(model, target unit, contrast, output, optimisation, precision) and the helpers their handlers share
+(:func:`load`, :func:`direction`, :func:`out_dir`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from diversevis.core.errors import DiversevisError
+
+__all__ = [
+    "number",
+    "positive_int",
+    "nonneg_int",
+    "positive_float",
+    "nonneg_float",
+    "unit_float",
+    "add_model_args",
+    "add_target_args",
+    "add_contrast_args",
+    "add_out_args",
+    "add_optim_args",
+    "add_precision_arg",
+    "direction",
+    "out_dir",
+    "load",
+]
+
+
+def number(kind: type, check, rule: str):
+    """An argparse ``type=`` that parses ``kind`` and enforces ``check`` (described by ``rule``).
+
+    Parameters
+    ----------
+    kind : type
+        ``int`` or ``float``.
+    check : callable
+        Predicate the parsed value must satisfy.
+    rule : str
+        ``check`` in words, for the error message (e.g. ``">= 1"``).
+
+    Returns
+    -------
+    callable
+        ``parse(s)``, raising :class:`argparse.ArgumentTypeError` on bad input.
+    """
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {s!r}") from None
+        if not check(v):
+            raise argparse.ArgumentTypeError(f"expected {noun} {rule}, got {s}")
+        return v
+
+    return parse
+
+
+positive_int = number(int, lambda v: v >= 1, ">= 1")
+nonneg_int = number(int, lambda v: v >= 0, ">= 0")
+positive_float = number(float, lambda v: v > 0, "> 0")
+nonneg_float = number(float, lambda v: v >= 0, ">= 0")
+unit_float = number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--model``, ``--device``, ``--allow-pickle``, ``--naturals`` and ``--channels-last`` to ``p``."""
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="model spec: vgg16, vgg16-paper, efficientnet-lite0, cell:complex, file:PATH, torchvision:NAME[@PATH] "
+        "(see `diversevis models`)",
+    )
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow file: models that are pickled Python objects (runs code from the file; "
+        "only for files you trust)",
+    )
+    p.add_argument(
+        "--naturals",
+        metavar="DIR",
+        default=None,
+        help="folder of natural images for contrast statistics (default: bundled photos)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC memory format for the network (faster convolutions on CPUs; see docs/performance.md)",
+    )
+
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--layer``, ``--unit`` or ``--direction`` (one required), and ``--metric`` to ``p``."""
+    p.add_argument("--layer", "-l", required=True, help="layer alias (conv3_1) or dot path (features.10)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--unit", "-u", type=nonneg_int, help="channel index of the unit")
+    g.add_argument(
+        "--direction",
+        metavar="FILE|v1,v2,...",
+        help="target direction in channel space: a .npy file or comma-separated values",
+    )
+    p.add_argument(
+        "--metric", choices=["max", "cos", "mse"], default="max", help="target metric (default: max)"
+    )
+
+
+def add_contrast_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--contrast`` and ``--norm`` (the image's fixed L2 norm) to ``p``."""
+    p.add_argument(
+        "--contrast",
+        type=positive_float,
+        default=0.5,
+        help="image L2 norm as a fraction of the mean natural-patch norm (default: 0.5, as the paper)",
+    )
+    p.add_argument(
+        "--norm", type=positive_float, default=None, help="absolute image L2 norm (overrides --contrast)"
+    )
+
+
+def add_out_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--out`` and ``--quiet`` to ``p``."""
+    p.add_argument(
+        "--out", "-o", default=None, help="output directory (default: runs/<model>_<layer>_u<unit>_<command>)"
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def add_optim_args(p: argparse.ArgumentParser, lr: float = 1.0, max_iter: int = 1000) -> None:
+    """Add the contrast, optimiser (``--lr``, ``--max-iter``, ...), seed and output arguments to ``p``.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+        The subcommand's parser.
+    lr, max_iter : float, int
+        Defaults of ``--lr`` and ``--max-iter``.
+    """
+    add_contrast_args(p)
+    p.add_argument("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default: {lr})")
+    p.add_argument(
+        "--max-iter", type=positive_int, default=max_iter, help=f"maximum iterations (default: {max_iter})"
+    )
+    p.add_argument(
+        "--patience",
+        type=nonneg_int,
+        default=100,
+        help="early stopping: iterations without EMA-loss improvement (default: 100; 0 disables)",
+    )
+    p.add_argument(
+        "--no-precondition", action="store_true", help="disable the 1/sqrt(f) gradient preconditioner"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_out_args(p)
+
+
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """Add ``--precision`` (fp32, tf32 or bf16 forward passes) to ``p``."""
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "tf32", "bf16"),
+        default="fp32",
+        help="forward-pass precision: tf32 on Ampere+ GPUs, bf16 autocast anywhere (default: fp32)",
+    )
+
+
+def direction(arg: str | None):
+    """The ``--direction`` value as a list of floats (from a ``.npy`` file or ``v1,v2,...``), or None.
+
+    Raises
+    ------
+    DiversevisError
+        If the file does not exist or the values are not numbers.
+    """
+    if arg is None:
+        return None
+    import numpy as np
+
+    if arg.endswith(".npy"):
+        path = Path(arg)
+        if not path.is_file():
+            raise DiversevisError(f"direction file {arg!r} does not exist")
+        return np.load(path).astype("float32").ravel().tolist()
+    try:
+        return [float(v) for v in arg.split(",")]
+    except ValueError:
+        raise DiversevisError(
+            f"--direction must be a .npy file or comma-separated numbers, got {arg!r}"
+        ) from None
+
+
+def out_dir(args, net) -> Path:
+    """``--out``, or ``runs/<model>_<layer>_u<unit>_<command>`` (``dir`` for ``u<unit>`` with a direction)."""
+    if args.out:
+        return Path(args.out)
+    unit = f"u{args.unit}" if getattr(args, "unit", None) is not None else "dir"
+    name = net.name.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{name}_{net.display_name(args.layer)}_{unit}_{args.command}"
+
+
+def load(args):
+    """Load ``--model`` with ``--device``, ``--allow-pickle``, ``--naturals`` and ``--channels-last``."""
+    from diversevis.models.zoo import load_model
+
+    net = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle, images=args.naturals)
+    return net.use_channels_last() if getattr(args, "channels_last", False) else net

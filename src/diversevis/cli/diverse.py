@@ -1,0 +1,143 @@
+"""``diversevis diverse`` and ``diversevis mei``: a diverse set of images for one unit, its MEI."""
+
+from __future__ import annotations
+
+import argparse
+
+from diversevis.cli.common import (
+    add_model_args,
+    add_optim_args,
+    add_precision_arg,
+    add_target_args,
+    direction,
+    load,
+    nonneg_float,
+    out_dir,
+    positive_float,
+    positive_int,
+)
+from diversevis.core.errors import DiversevisError
+
+__all__ = ["COMMANDS", "add_diverse_parser", "add_mei_parser", "run"]
+
+
+def add_diverse_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``diverse`` subcommand to ``sub`` and return its parser."""
+    p = sub.add_parser(
+        "diverse",
+        help="diverse feature visualization of one unit (PNG grid + JSON)",
+        description="Optimise N images of the unit's receptive-field size that all drive the unit "
+        "strongly while being as different as possible (min pairwise RMS distance).",
+    )
+    add_model_args(p)
+    add_target_args(p)
+    p.add_argument("--images", "-n", type=positive_int, default=6, help="number of images N (default: 6)")
+    p.add_argument(
+        "--diversity",
+        type=nonneg_float,
+        default=0.01,
+        help="weight lambda of the diversity term (default: 0.01)",
+    )
+    p.add_argument(
+        "--distance-layer", default=None, help="layer whose features measure distances (default: pixel space)"
+    )
+    p.add_argument(
+        "--distance",
+        choices=["min", "softmin", "gram"],
+        default="min",
+        help="diversity term: min pairwise RMS distance (paper), softmin, or Lucid's gram (default: min)",
+    )
+    p.add_argument("--tau", type=positive_float, default=0.1, help="softmin temperature (default: 0.1)")
+    p.add_argument(
+        "--mei-restarts",
+        type=positive_int,
+        default=4,
+        help="restarts of the MEI used for the activation ratios (default: 4)",
+    )
+    p.add_argument("--no-mei", action="store_true", help="skip the MEI (no ratios)")
+    add_optim_args(p)
+    add_precision_arg(p)
+    return p
+
+
+def add_mei_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``mei`` subcommand to ``sub`` and return its parser."""
+    p = sub.add_parser("mei", help="most exciting input: best single image over restarts (PNG + JSON)")
+    add_model_args(p)
+    add_target_args(p)
+    p.add_argument("--restarts", type=positive_int, default=4, help="independent starts (default: 4)")
+    add_optim_args(p)
+    add_precision_arg(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``diversevis diverse`` and ``diversevis mei`` (by ``args.command``); returns the exit status."""
+    from diversevis.methods import dfv
+
+    net = load(args)
+    common = dict(
+        direction=direction(args.direction),
+        metric=args.metric,
+        contrast=args.contrast,
+        norm=args.norm,
+        precondition=not args.no_precondition,
+        lr=args.lr,
+        max_iter=args.max_iter,
+        patience=args.patience,
+        seed=args.seed,
+        images=args.naturals,
+        progress=not args.quiet,
+        precision=args.precision,
+    )
+    if args.command == "diverse":
+        if args.images < 2:
+            raise DiversevisError(
+                "--images must be >= 2 for a diverse set (use `diversevis mei` for one image)"
+            )
+        res = dfv.diverse(
+            net,
+            args.layer,
+            args.unit,
+            n_images=args.images,
+            diversity=args.diversity,
+            distance_layer=args.distance_layer,
+            distance=args.distance,
+            tau=args.tau,
+            mei=not args.no_mei,
+            mei_restarts=args.mei_restarts,
+            **common,
+        )
+    else:
+        res = dfv.mei(net, args.layer, args.unit, restarts=args.restarts, **common)
+    out = res.save(out_dir(args, net))
+    _print_summary(res, args.command, out)
+    return 0
+
+
+def _print_summary(res, command: str, out) -> None:
+    m = res.metrics()
+    spec = res.spec
+    print(
+        f"{spec['model']} {spec['layer']} unit {spec['unit']}: {len(res.activations)} image(s) of "
+        f"{spec['image_size']}px, {spec['n_iter']} iterations in {spec['seconds']:.1f}s"
+        + (f" (+ MEI {spec['mei_seconds']:.1f}s)" if spec.get("mei_seconds") else "")
+    )
+    acts = ", ".join(f"{a:.3g}" for a in m["activations"])
+    print(
+        f"  activations: {acts}  (MEI {m['mei_activation']:.4g})"
+        if m["mei_activation"] is not None
+        else f"  activations: {acts}"
+    )
+    if m["ratios"] is not None and command == "diverse":
+        print(f"  ratio to MEI: min {m['min_ratio']:.3f}, mean {m['mean_ratio']:.3f}")
+    if m["min_distance"] is not None:
+        where = spec.get("distance_layer") or "pixels"
+        print(
+            f"  min pairwise RMS distance ({where}): {m['min_distance']:.4g}, mean {m['mean_distance']:.4g}"
+        )
+    print(f"  wrote {out / 'grid.png'}, {out / 'images.npz'}, {out / 'result.json'}")
+
+
+#: ``(add_parser, run)`` of each subcommand of this module, in ``diversevis --help`` order.
+COMMANDS = ((add_diverse_parser, run), (add_mei_parser, run))

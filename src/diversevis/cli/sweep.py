@@ -1,0 +1,145 @@
+"""``diversevis sweep``: DFV, MEI and phase test (optionally shift test) for many units; resumable."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from diversevis.cli.common import (
+    add_contrast_args,
+    add_model_args,
+    add_precision_arg,
+    load,
+    nonneg_float,
+    positive_int,
+)
+from diversevis.core.errors import DiversevisError
+
+__all__ = ["COMMANDS", "add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``sweep`` subcommand to ``sub`` and return its parser."""
+    p = sub.add_parser(
+        "sweep",
+        help="DFV, MEI and phase test (optionally shift test) for many units; resumable",
+        description="Characterise all (or some) units of several layers. Units are optimised in batches "
+        "(chunks of --batch-units); each finished unit is recorded in DIR/index.sqlite, so a rerun resumes "
+        "where a killed one stopped (with either backend). --backend ray runs the chunks in parallel on Ray "
+        "workers (pip install 'diversevis[ray]'): a local Ray instance with --workers CPUs, or the cluster at "
+        "--ray-address (DIR must then be on a file system shared by all nodes). Each worker loads the model "
+        "once and writes its units' folders; only this process writes the index. Results equal the local "
+        "backend's for the same --seed (bit for bit when the local run uses as many torch threads as "
+        "--worker-threads, e.g. OMP_NUM_THREADS=1).",
+    )
+    add_model_args(p)
+    p.add_argument("--layers", required=True, help="comma-separated layers, e.g. conv1_1,conv2_1")
+    p.add_argument(
+        "--units", default="all", help="all, a range 0-63, a list 1,5,9, or sample:32 (default: all)"
+    )
+    p.add_argument("--images", "-n", type=positive_int, default=6, help="images per diverse set (default: 6)")
+    p.add_argument("--diversity", type=nonneg_float, default=0.01, help="DFV lambda (default: 0.01)")
+    p.add_argument(
+        "--distance-layer",
+        default="auto",
+        help="auto (previous block's last conv, as the paper), a layer, or pixels (default: auto)",
+    )
+    p.add_argument(
+        "--tests", default="dfv,phase", help="analyses per unit: dfv, phase, shift (default: dfv,phase)"
+    )
+    p.add_argument("--shift-stride", type=positive_int, default=1, help="shift-test crop stride (default: 1)")
+    p.add_argument(
+        "--batch-units",
+        type=positive_int,
+        default=32,
+        help="units per batched run: one chunk, one Ray task with --backend ray (default: 32)",
+    )
+    add_contrast_args(p)
+    p.add_argument("--max-iter", type=positive_int, default=1000, help="maximum iterations (default: 1000)")
+    p.add_argument("--mei-restarts", type=positive_int, default=4, help="restarts of each MEI (default: 4)")
+    add_precision_arg(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--force", action="store_true", help="recompute units that are already done")
+    p.add_argument("--out", "-o", required=True, help="results directory (created, or resumed)")
+    _add_backend_args(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    return p
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--backend`` and the Ray backend's arguments to ``p``."""
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: chunks one after the other in this process; ray: in parallel on Ray workers "
+        "(default: local)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="ray: workers (chunks in flight) (default: the CPUs Ray sees)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="ray: join this running cluster (e.g. auto or ray://head:10001) instead of starting Ray here",
+    )
+    p.add_argument(
+        "--worker-threads",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="ray: torch threads per worker (default: 1)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``diversevis sweep``; returns the exit status."""
+    from diversevis.study.sweep import _import_ray, sweep
+
+    if args.backend == "ray":
+        _import_ray()  # before loading the model
+    elif args.workers is not None or args.ray_address is not None:
+        raise DiversevisError("--workers and --ray-address need --backend ray")
+    net = load(args)
+    dl = None if args.distance_layer in ("pixels", "none") else args.distance_layer
+    t0 = time.perf_counter()
+    store = sweep(
+        net,
+        [x for x in args.layers.split(",") if x],
+        args.units,
+        out=args.out,
+        n_images=args.images,
+        diversity=args.diversity,
+        distance_layer=dl,
+        tests=[t for t in args.tests.split(",") if t],
+        shift_stride=args.shift_stride,
+        batch_units=args.batch_units,
+        contrast=args.contrast,
+        max_iter=args.max_iter,
+        mei_restarts=args.mei_restarts,
+        seed=args.seed,
+        force=args.force,
+        images=args.naturals,
+        progress=not args.quiet,
+        backend=args.backend,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        worker_threads=args.worker_threads,
+        precision=args.precision,
+    )
+    rows = store.rows()
+    print(f"{len(rows)} units done in {args.out} ({time.perf_counter() - t0:.1f}s this run)")
+    for layer in store.layers():
+        rs = [r for r in rows if r["layer"] == layer]
+        print(f"  {layer}: {len(rs)} units")
+    store.close()
+    return 0
+
+
+#: ``(add_parser, run)`` of this module's subcommand.
+COMMANDS = ((add_parser, run),)
