@@ -1,0 +1,275 @@
+"""Many units of one layer at once: :func:`mei_units` and :func:`diverse_units`.
+
+Every unit's images form a group of one batched optimisation (:func:`diversevis.core.optimize.
+optimize_groups`) with its own loss terms and early stopping, starting from the same images as the
+one-unit run with the same seed, so a sweep is a few large batched runs with the results of the
+one-unit path (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diversevis.core.errors import DiversevisError
+from diversevis.core.network import Network
+from diversevis.core.objectives import diversity_value
+from diversevis.core.optimize import OptimizeResult, optimize_groups
+from diversevis.core.params import PixelImage
+from diversevis.core.result import Result
+from diversevis.methods.problem import (
+    Problem,
+    _check_units,
+    _diverse_result,
+    _mei_result,
+    _prepare,
+    _seeded_images,
+    resolve_mei,
+)
+from diversevis.methods.settings import DiverseSettings, MEISettings
+
+__all__ = ["mei_units", "diverse_units"]
+
+
+def mei_units(
+    model: Network | nn.Module | str,
+    layer: str,
+    units: Sequence[int],
+    *,
+    restarts: int = 4,
+    contrast: float = 0.5,
+    norm: float | None = None,
+    precondition: bool = True,
+    lr: float = 1.0,
+    max_iter: int = 1000,
+    patience: int = 100,
+    ema: float = 0.9,
+    precision: str = "fp32",
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    images: str | Path | None = None,
+    progress: bool = False,
+) -> list[Result]:
+    """:func:`~diversevis.mei` of many units of one layer, optimised together in one batch.
+
+    Each unit's restarts form a group with its own early stopping and the same initial images as
+    ``mei(model, layer, unit, seed=seed)``, so the results match the one-unit path.
+
+    Returns
+    -------
+    list of Result
+        One per unit, in the order given.
+    """
+    settings = MEISettings(
+        contrast=contrast,
+        norm=norm,
+        images=images,
+        seed=seed,
+        restarts=restarts,
+        precondition=precondition,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        precision=precision,
+    )
+    return run_mei_units(_prepare(model, device), layer, units, settings, progress=progress)
+
+
+def run_mei_units(
+    net: Network, layer: str, units: Sequence[int], s: MEISettings, *, progress: bool = False
+) -> list[Result]:
+    """:func:`mei_units` on a prepared network with validated settings."""
+    units = _check_units(net, layer, units)
+    prob = _unit_problem(net, layer, units[0], s.contrast, s.norm, None, s.images)
+    R = s.restarts
+
+    def loss_fn(x: torch.Tensor, groups: torch.Tensor, unit_t: torch.Tensor) -> torch.Tensor:
+        a, _ = prob.read(x, need_features=False)
+        uidx = unit_t[groups].repeat_interleave(R)
+        return -a[torch.arange(len(x), device=x.device), uidx].view(-1, R).mean(1)
+
+    runs = _optimize_units(prob, units, R, s, loss_fn, f"MEI {net.display_name(layer)}", progress)
+    out = []
+    for u, opt in zip(units, runs):
+        with torch.no_grad():
+            a, _ = prob.read(opt.images, need_features=False)
+        out.append(_mei_result(prob, opt, a[:, u], s.spec(), unit=u, batched_units=len(units)))
+    return out
+
+
+def diverse_units(
+    model: Network | nn.Module | str,
+    layer: str,
+    units: Sequence[int],
+    *,
+    n_images: int = 6,
+    diversity: float = 0.01,
+    distance_layer: str | None = None,
+    distance: str = "min",
+    tau: float = 0.1,
+    contrast: float = 0.5,
+    norm: float | None = None,
+    precondition: bool = True,
+    lr: float = 1.0,
+    max_iter: int = 1000,
+    patience: int = 100,
+    ema: float = 0.9,
+    precision: str = "fp32",
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    mei: bool | Sequence[Result] | Sequence[float] = True,
+    mei_restarts: int = 4,
+    images: str | Path | None = None,
+    progress: bool = False,
+) -> list[Result]:
+    """:func:`~diversevis.diverse` for many units of one layer, optimised together in one batch.
+
+    Every unit's ``n_images`` images form a group with its own diversity term and early stopping, and
+    start from the same images as ``diverse(model, layer, unit, seed=seed)``: a sweep is a few large
+    batched runs instead of a Python loop of small ones, with the same results as the one-unit path.
+    Parameters are those of :func:`~diversevis.diverse` (:class:`~diversevis.methods.settings.
+    DiverseSettings`); ``mei`` is ``True`` (computed with :func:`mei_units`), ``False``, or one MEI
+    :class:`Result` or activation per unit.
+
+    Returns
+    -------
+    list of Result
+        One per unit, in the order given.
+    """
+    settings = DiverseSettings(
+        n_images=n_images,
+        diversity=diversity,
+        distance_layer=distance_layer,
+        distance=distance,
+        tau=tau,
+        contrast=contrast,
+        norm=norm,
+        images=images,
+        seed=seed,
+        precondition=precondition,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        precision=precision,
+        mei_restarts=mei_restarts,
+    )
+    return run_diverse_units(_prepare(model, device), layer, units, settings, mei=mei, progress=progress)
+
+
+def run_diverse_units(
+    net: Network,
+    layer: str,
+    units: Sequence[int],
+    s: DiverseSettings,
+    *,
+    mei: bool | Sequence[Result] | Sequence[float] = True,
+    progress: bool = False,
+) -> list[Result]:
+    """:func:`diverse_units` on a prepared network with validated settings."""
+    units = _check_units(net, layer, units)
+    prob = _unit_problem(net, layer, units[0], s.contrast, s.norm, s.distance_layer, s.images)
+    prob.check_distance(s.distance)
+    meis = _unit_meis(net, layer, units, s, prob.norm, mei, progress)
+    N = s.n_images
+
+    def loss_fn(x: torch.Tensor, groups: torch.Tensor, unit_t: torch.Tensor) -> torch.Tensor:
+        a, f = prob.read(x, need_features=s.diversity > 0)
+        uidx = unit_t[groups].repeat_interleave(N)
+        loss = -a[torch.arange(len(x), device=x.device), uidx].view(-1, N).mean(1)
+        if s.diversity > 0:
+            loss = loss - s.diversity * diversity_value(f.reshape(-1, N, *f.shape[1:]), s.distance, s.tau)
+        return loss
+
+    runs = _optimize_units(prob, units, N, s, loss_fn, f"diverse {net.display_name(layer)}", progress)
+    spec = s.spec(mei_computed=mei is True)
+    out = []
+    for u, opt, m in zip(units, runs, meis):
+        mei_res, mei_act = resolve_mei(m, lambda: None)
+        with torch.no_grad():
+            a, feats = prob.read(opt.images)
+        out.append(
+            _diverse_result(
+                prob, opt, a[:, u], feats, mei_res, mei_act, spec, unit=u, batched_units=len(units)
+            )
+        )
+    return out
+
+
+def _unit_problem(
+    net: Network,
+    layer: str,
+    unit: int,
+    contrast: float,
+    norm: float | None,
+    distance_layer: str | None,
+    images: str | Path | None,
+) -> Problem:
+    """The geometry shared by all units of ``layer`` (built for the first unit, read for each)."""
+    return Problem.build(
+        net,
+        layer,
+        unit,
+        None,
+        "max",
+        contrast=contrast,
+        norm=norm,
+        distance_layer=distance_layer,
+        images_folder=images,
+    )
+
+
+def _unit_meis(
+    net: Network,
+    layer: str,
+    units: list[int],
+    s: DiverseSettings,
+    norm: float,
+    mei: bool | Sequence[Result] | Sequence[float],
+    progress: bool,
+) -> list:
+    """One MEI (a Result, an activation or ``None``) per unit: computed, skipped, or given."""
+    if mei is True:
+        return run_mei_units(net, layer, units, s.mei_settings(norm), progress=progress)
+    if mei is False or mei is None:
+        return [None] * len(units)
+    meis = list(mei)
+    if len(meis) != len(units):
+        raise DiversevisError(f"give one MEI per unit ({len(units)}), got {len(meis)}")
+    return meis
+
+
+def _optimize_units(
+    prob: Problem,
+    units: list[int],
+    n: int,
+    s: MEISettings | DiverseSettings,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    desc: str,
+    progress: bool,
+) -> list[OptimizeResult]:
+    """Optimise ``n`` images per unit, one group per unit, from the one-unit run's seeded start."""
+    net, G, size = prob.net, len(units), prob.placement.image_size
+    param = PixelImage(
+        G * n, net.in_channels, size, prob.norm, precondition=s.precondition, device=net.device
+    )
+    with torch.no_grad():
+        param.raw.copy_(_seeded_images(G, n, net.in_channels, size, s.seed))
+    unit_t = torch.tensor(units, device=net.device)
+    return optimize_groups(
+        param,
+        lambda x, groups: loss_fn(x, groups, unit_t),
+        groups=G,
+        lr=s.lr,
+        max_iter=s.max_iter,
+        patience=s.patience,
+        ema=s.ema,
+        precision=s.precision,
+        progress=progress,
+        desc=f"{desc} x{G}",
+        compact=True,
+    )

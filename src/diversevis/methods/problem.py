@@ -1,0 +1,297 @@
+"""One target, fixed: the geometry, contrast and read-out every DFV-family method shares.
+
+:class:`Problem` validates a request (layer, unit or direction, metric, contrast, distance layer) and works
+out where the receptive-field-sized image sits in the network's input; :meth:`Problem.evaluate` maps
+images to target values and distance-space features. The result builders turn an optimisation into a
+:class:`~diversevis.core.result.Result` the same way for the one-unit and the batched paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from diversevis.core.errors import DiversevisError
+from diversevis.core.network import Network, as_network
+from diversevis.core.objectives import Target, pairwise_rms_matrix, target_value
+from diversevis.core.optimize import OptimizeResult
+from diversevis.core.receptive import Placement, positions_inside
+from diversevis.core.result import Result
+from diversevis.core.spec import common_spec
+
+__all__ = ["Problem", "resolve_mei"]
+
+
+@dataclass
+class Problem:
+    """Everything fixed for one target: geometry, contrast, the read-out and the distance space.
+
+    Build it with :meth:`Problem.build`; :meth:`evaluate` maps images to target values and features.
+    """
+
+    net: Network
+    target: Target
+    direction: torch.Tensor
+    placement: Placement
+    norm: float
+    distance_layer: str | None
+    distance_slice: tuple[slice, slice] | None
+
+    @classmethod
+    def build(
+        cls,
+        net: Network,
+        layer: str,
+        unit: int | None,
+        direction: Sequence[float] | torch.Tensor | None,
+        metric: str,
+        *,
+        contrast: float,
+        norm: float | None,
+        distance_layer: str | None,
+        images_folder: str | Path | None,
+    ) -> Problem:
+        """Validate the request and work out the geometry (raises :class:`DiversevisError` on bad input)."""
+        net.resolve(layer)
+        if distance_layer in ("", "pixel", "pixels", "none"):
+            distance_layer = None
+        if distance_layer is not None:
+            net.resolve(distance_layer)
+        channels = net.channels(layer)
+        target = Target(layer, unit, direction, metric).check(channels)
+        placement = net.placement(layer)
+        size = placement.image_size
+        if norm is None:
+            if not contrast > 0:
+                raise DiversevisError(
+                    f"contrast must be > 0 (a fraction of the natural-patch norm), got {contrast}"
+                )
+            if net.in_channels != 3:
+                raise DiversevisError(
+                    "natural-image contrast needs an RGB network; give an absolute norm= for "
+                    f"{net.in_channels}-channel inputs"
+                )
+            from diversevis.images.naturals import natural_patch_norm
+
+            norm = contrast * natural_patch_norm(size, folder=images_folder)
+        elif not norm > 0:
+            raise DiversevisError(f"norm must be > 0, got {norm}")
+        dslice = None
+        if distance_layer is not None:
+            shape = net.output_shape(distance_layer, placement.canvas_size)
+            if len(shape) != 3:
+                raise DiversevisError(
+                    f"distance layer {distance_layer!r} has no spatial output for a "
+                    f"{placement.canvas_size}px input; choose a lower layer"
+                )
+            rf_d = net.receptive_field(distance_layer)
+            lo, hi = placement.offset, placement.offset + size
+            try:
+                dslice = (positions_inside(rf_d, lo, hi, shape[1]), positions_inside(rf_d, lo, hi, shape[2]))
+            except ValueError:
+                raise DiversevisError(
+                    f"no unit of distance layer {distance_layer!r} lies over the {size}px image; "
+                    "choose a lower layer"
+                ) from None
+        d = target.vector(channels, device=net.device)
+        return cls(net, target, d, placement, float(norm), distance_layer, dslice)
+
+    def check_distance(self, distance: str) -> None:
+        """Gram diversity compares feature maps: it needs a distance layer, not pixel space."""
+        if distance == "gram" and self.distance_layer is None:
+            raise DiversevisError("gram diversity needs a distance_layer (a feature map), not pixel space")
+
+    def canvas(self, images: torch.Tensor) -> torch.Tensor:
+        """Place RF-sized images in a mean-grey canvas (identity for VALID networks)."""
+        p = self.placement
+        if p.canvas_size == p.image_size:
+            return images
+        a = p.offset
+        b = p.canvas_size - p.image_size - a
+        return F.pad(images, (a, b, a, b), value=0.5)
+
+    def evaluate(
+        self, images: torch.Tensor, need_features: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Target values ``(N,)`` and distance-space features ``(N, K, h, w)`` (or ``None``)."""
+        a, feats = self.read(images, need_features)
+        return target_value(a, self.direction, self.target.metric), feats
+
+    def read(
+        self, images: torch.Tensor, need_features: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """All channels ``(N, K)`` of the read-out position, and the distance-space features (or ``None``)."""
+        layers = [self.target.layer]
+        if need_features and self.distance_layer is not None:
+            layers.append(self.distance_layer)
+        acts = self.net.activations(self.canvas(images), layers)
+        i = self.placement.unit_index
+        a = acts[self.target.layer][:, :, i, i]
+        feats = None
+        if need_features:
+            if self.distance_layer is None:
+                feats = images - 0.5
+            else:
+                rs, cs = self.distance_slice
+                feats = torch.relu(acts[self.distance_layer][:, :, rs, cs])
+        return a, feats
+
+    def spec(self) -> dict[str, Any]:
+        """The geometry and target part of a run spec."""
+        p = self.placement
+        t = self.target
+        return {
+            "model": self.net.name,
+            "layer": self.net.display_name(t.layer),
+            "layer_path": self.net.resolve(t.layer),
+            "unit": t.unit,
+            "direction": None if t.direction is None else [float(v) for v in torch.as_tensor(t.direction)],
+            "metric": t.metric,
+            "norm": self.norm,
+            "image_size": p.image_size,
+            "canvas_size": p.canvas_size,
+            "offset": p.offset,
+            "unit_index": p.unit_index,
+            "rf_misalignment": p.misalignment,
+            "distance_layer": None
+            if self.distance_layer is None
+            else self.net.display_name(self.distance_layer),
+        }
+
+    def run_spec(
+        self,
+        method: str,
+        *,
+        contrast: float,
+        norm: float | None,
+        images: str | Path | None,
+        seed: int,
+        opt: OptimizeResult | None = None,
+        **settings: Any,
+    ) -> dict[str, Any]:
+        """The full run spec: method, target and geometry, ``settings``, seed, device, counts, versions."""
+        return common_spec(
+            method=method,
+            **self.spec(),
+            **settings,
+            contrast=contrast if norm is None else None,
+            seed=seed,
+            device=str(self.net.device),
+            dtype="float32",
+            natural_images=str(images) if images else "bundled",
+            **({} if opt is None else opt.summary()),
+        )
+
+
+def resolve_mei(
+    mei: bool | float | Result | None, compute: Callable[[], Result]
+) -> tuple[Result | None, float | None]:
+    """Interpret a ``mei=`` argument: ``True`` computes it, a :class:`Result` or a number supplies it.
+
+    Returns
+    -------
+    (Result or None, float or None)
+        The MEI result (if there is one) and its activation (``None`` for ``False``/``None``).
+    """
+    if isinstance(mei, Result):
+        return mei, mei.mei_activation
+    if mei is True:
+        res = compute()
+        return res, res.mei_activation
+    if mei is False or mei is None:
+        return None, None
+    return None, float(mei)
+
+
+def _prepare(model, device) -> Network:
+    net = as_network(model)
+    if device is not None:
+        net.to(device)
+    return net
+
+
+_common_spec = common_spec  # the name the methods import
+
+
+def _mei_result(
+    prob: Problem, opt: OptimizeResult, acts: torch.Tensor, settings: dict[str, Any], **extra
+) -> Result:
+    """The best restart of an MEI run as a :class:`Result` (shared by :func:`mei` and :func:`mei_units`)."""
+    best = int(acts.argmax())
+    spec = prob.run_spec("mei", opt=opt, **settings)
+    spec.update(extra)
+    img = opt.images[best : best + 1].detach().cpu()
+    return Result(
+        images=img,
+        activations=acts[best : best + 1].detach().cpu(),
+        distances=torch.zeros(1, 1),
+        loss_history=opt.history,
+        spec=spec,
+        mei_activation=float(acts[best]),
+        mei_image=img[0],
+        extra={"restart_activations": [float(a) for a in acts]},
+    )
+
+
+def _resolve_prior(prior: Any, device: torch.device):
+    """A :class:`~diversevis.prior.PixelCNNPrior` on ``device`` from a model, preset name or path."""
+    from diversevis.images.prior import PixelCNNPrior, load_prior
+
+    if isinstance(prior, PixelCNNPrior):
+        return prior.to(device)
+    return load_prior(prior or "default", device=device)
+
+
+def _diverse_result(
+    prob: Problem,
+    opt: OptimizeResult,
+    acts: torch.Tensor,
+    feats: torch.Tensor,
+    mei_res: Result | None,
+    mei_act: float | None,
+    settings: dict[str, Any],
+    **extra,
+) -> Result:
+    """A diverse set as a :class:`Result` (shared by :func:`diverse` and :func:`diverse_units`)."""
+    dist = pairwise_rms_matrix(feats.flatten(1))
+    spec = prob.run_spec(
+        "diverse",
+        opt=opt,
+        **settings,
+        mei_seconds=None if mei_res is None else mei_res.spec.get("seconds"),
+        mei_n_iter=None if mei_res is None else mei_res.spec.get("n_iter"),
+    )
+    spec.update(extra)
+    return Result(
+        images=opt.images.detach().cpu(),
+        activations=acts.detach().cpu(),
+        distances=dist.cpu(),
+        loss_history=opt.history,
+        spec=spec,
+        mei_activation=mei_act,
+        mei_image=None if mei_res is None else mei_res.mei_image,
+    )
+
+
+def _check_units(net: Network, layer: str, units: Sequence[int]) -> list[int]:
+    """Distinct valid channel indices of ``layer`` (raises :class:`DiversevisError` otherwise)."""
+    units = [int(u) for u in units]
+    if not units:
+        raise DiversevisError("give at least one unit")
+    if len(set(units)) != len(units):
+        raise DiversevisError("units must be distinct")
+    channels = net.channels(layer)
+    for u in units:
+        Target(layer, u).check(channels)
+    return units
+
+
+def _seeded_images(groups: int, n: int, channels: int, size: int, seed: int) -> torch.Tensor:
+    """The initial raw images of ``groups`` runs that each start like a single run with ``seed``."""
+    one = torch.randn(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
+    return one.repeat(groups, 1, 1, 1)

@@ -1,0 +1,145 @@
+"""The settings of the DFV family, declared once: the MEI, the diverse set and the shift test.
+
+Each class holds a method's hyperparameters with their defaults (the reference values of ``method.md``)
+and validation. :func:`diversevis.diverse` and friends build one from their keyword arguments, the sweep
+stores one per test and compares them on resume, and :meth:`spec` gives the run-spec entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from diversevis.core.errors import DiversevisError
+from diversevis.core.objectives import DIVERSITIES
+from diversevis.core.settings import Settings
+
+__all__ = ["MEISettings", "DiverseSettings", "ShiftSettings"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MEISettings(Settings):
+    """The single most exciting image: the best of ``restarts`` starts (:func:`diversevis.mei`).
+
+    ``contrast`` is the image L2 norm as a fraction of the natural-patch norm (``norm`` overrides it in
+    display units), ``images`` the natural-image folder for that statistic (``None``: bundled photos);
+    ``lr``, ``max_iter``, ``patience``, ``ema`` drive Adam and the early stopping, ``precision`` the
+    network's forward pass, ``precondition`` the 1/sqrt(f) gradient whitening, ``seed`` the start.
+    """
+
+    contrast: float = 0.5
+    norm: float | None = None
+    images: str | Path | None = None
+    seed: int = 0
+    restarts: int = 4
+    precondition: bool = True
+    lr: float = 1.0
+    max_iter: int = 1000
+    patience: int = 100
+    ema: float = 0.9
+    precision: str = "fp32"
+
+    def check(self) -> None:
+        if self.restarts < 1:
+            raise DiversevisError(f"restarts must be >= 1, got {self.restarts}")
+
+    def spec(self) -> dict[str, Any]:
+        """The run-spec entries of these settings."""
+        return self.as_dict()
+
+
+@dataclasses.dataclass(frozen=True)
+class DiverseSettings(Settings):
+    """A diverse set of ``n_images`` images (:func:`diversevis.diverse`); fields as :class:`MEISettings`.
+
+    ``diversity`` is the weight lambda of the diversity term ``distance`` (``min``, ``softmin`` with
+    temperature ``tau``, ``gram``) measured in ``distance_layer`` (``None``: pixel space);
+    ``prior_weight`` the weight beta of a natural-image prior; ``mei_restarts`` the restarts of the MEI
+    computed for the ratios.
+    """
+
+    n_images: int = 6
+    diversity: float = 0.01
+    distance_layer: str | None = None
+    distance: str = "min"
+    tau: float = 0.1
+    contrast: float = 0.5
+    norm: float | None = None
+    images: str | Path | None = None
+    seed: int = 0
+    precondition: bool = True
+    lr: float = 1.0
+    max_iter: int = 1000
+    patience: int = 100
+    ema: float = 0.9
+    precision: str = "fp32"
+    mei_restarts: int = 4
+    prior_weight: float = 0.0
+
+    def check(self) -> None:
+        if not isinstance(self.n_images, int) or self.n_images < 2:
+            raise DiversevisError(f"n_images must be an int >= 2 for a diverse set, got {self.n_images!r}")
+        if self.distance not in DIVERSITIES:
+            raise DiversevisError(
+                f"unknown distance {self.distance!r}; choose one of {', '.join(DIVERSITIES)}"
+            )
+        if self.diversity < 0:
+            raise DiversevisError(f"diversity (lambda) must be >= 0, got {self.diversity}")
+        if self.prior_weight < 0:
+            raise DiversevisError(f"prior_weight (beta) must be >= 0, got {self.prior_weight}")
+
+    def mei_settings(self, norm: float | None = None) -> MEISettings:
+        """The settings of the MEI this set is compared with (same contrast, loop and seed)."""
+        shared = {k: getattr(self, k) for k in MEISettings.names() if k in self.names()}
+        return MEISettings(
+            **{**shared, "restarts": self.mei_restarts, "norm": self.norm if norm is None else norm}
+        )
+
+    def spec(self, *, mei_computed: bool) -> dict[str, Any]:
+        """The run-spec entries (the distance layer is in the geometry part; the prior's are added
+        only when it is used)."""
+        out = self.as_dict()
+        del out["distance_layer"], out["prior_weight"]
+        out["tau"] = self.tau if self.distance == "softmin" else None
+        out["mei_restarts"] = self.mei_restarts if mei_computed else None
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftSettings(Settings):
+    """The shift test (:func:`diversevis.shift_test`): one texture, every windowed crop.
+
+    ``weight_min`` blends the loss between the mean (0) and the worst crop (1); ``learn_mask`` learns the
+    window's shape; ``stride`` is the offset step between crops; ``precondition_grad`` whitens the crops'
+    gradient; the rest as :class:`MEISettings` (reference loop: lr 0.1, 700 iterations).
+    """
+
+    weight_min: float = 0.5
+    learn_mask: bool = False
+    stride: int = 1
+    contrast: float = 0.5
+    norm: float | None = None
+    precondition_grad: bool = True
+    lr: float = 0.1
+    max_iter: int = 700
+    patience: int = 100
+    ema: float = 0.9
+    seed: int = 0
+    mei_restarts: int = 4
+    images: str | Path | None = None
+
+    def check(self) -> None:
+        if not 0.0 <= self.weight_min <= 1.0:
+            raise DiversevisError(f"weight_min must be in [0, 1], got {self.weight_min}")
+        if not isinstance(self.stride, int) or self.stride < 1:
+            raise DiversevisError(f"stride must be an int >= 1, got {self.stride!r}")
+
+    def mei_settings(self, norm: float | None = None) -> MEISettings:
+        """The MEI the crops are compared with (its own default loop, this test's restarts and seed)."""
+        return MEISettings(
+            restarts=self.mei_restarts,
+            norm=self.norm if norm is None else norm,
+            precondition=self.precondition_grad,
+            seed=self.seed,
+        )
