@@ -206,104 +206,151 @@ def optimize_groups(
         bad_rows = [tuple(p.shape) for p in params if p.dim() == 0 or p.shape[0] % G]
         if bad_rows:
             raise ValueError(f"compact=True needs parameters with groups ({G}) x rows, got shapes {bad_rows}")
-
-    history = torch.full((max_iter, G), math.nan, device=device)
-    ema_t = torch.zeros(G, device=device)
-    ema_min = torch.full((G,), math.inf, device=device)
-    bad = torch.zeros(G, dtype=torch.long, device=device)
-    best_loss = torch.full((G,), math.inf, device=device)
-    best_step = torch.zeros(G, dtype=torch.long, device=device)
-    active = torch.ones(G, dtype=torch.bool, device=device)
-    n_iter = torch.full((G,), max_iter, dtype=torch.long, device=device)
+    state = _GroupState.start(G, max_iter, device)
     idx = torch.arange(G, device=device)  # original indices of the groups in the batch
-    best_images: torch.Tensor | None = None
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_iter, desc=desc, leave=False, dynamic_ncols=True)
+    bar = _progress_bar(max_iter, desc) if progress else None
     t0 = time.perf_counter()
     stopped_by_callback = False
     it = 0
-    lt = torch.zeros(G, device=device)
     try:
         for it in range(max_iter):
             images = param()
-            B = len(idx)
             with precision_context(device, precision):
-                losses = (loss_fn(images, idx) if compact else loss_fn(images)).reshape(B).float()
+                losses = (loss_fn(images, idx) if compact else loss_fn(images)).reshape(len(idx)).float()
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
-            with torch.no_grad():
-                lt = losses.detach()
-                history[it, idx] = lt
-                grouped = images.detach().reshape(B, -1, *images.shape[1:])
-                act = active[idx]
-                better = (lt < best_loss[idx]) & act
-                if best_images is None:
-                    best_images = grouped.clone()
-                else:
-                    best_images[idx] = torch.where(
-                        better.view(B, *([1] * (grouped.dim() - 1))), grouped, best_images[idx]
-                    )
-                best_step[idx] = torch.where(
-                    better, torch.full_like(lt, it, dtype=torch.long), best_step[idx]
-                )
-                best_loss[idx] = torch.where(act, torch.minimum(best_loss[idx], lt), best_loss[idx])
-                new_ema = lt.clone() if it == 0 else ema * ema_t[idx] + (1 - ema) * lt
-                ema_b = torch.where(act, new_ema, ema_t[idx])
-                ema_t[idx] = ema_b
-                improved = ema_b < ema_min[idx]
-                ema_min[idx] = torch.where(act, torch.minimum(ema_min[idx], ema_b), ema_min[idx])
-                bad_b = bad[idx]
-                bad[idx] = torch.where(act, torch.where(improved, torch.zeros_like(bad_b), bad_b + 1), bad_b)
+            lt = losses.detach()
+            state.record(it, lt, images, idx, ema)
             opt.step()
             if (it + 1) % check_every == 0 or it == max_iter - 1:
-                if bar is not None:
-                    bar.update(it + 1 - bar.n)
-                    post = {"loss": f"{float(lt.sum()):.4g}"}
-                    if G > 1:
-                        post["active"] = int(active.sum())
-                    bar.set_postfix(post, refresh=False)  # tqdm's own mininterval limits redraws
-                if callbacks:
-                    info = StepInfo(
-                        step=it, loss=float(lt.sum()), ema=float(ema_t.sum()), images=images.detach()
-                    )
-                    if any(cb(info) is True for cb in callbacks):
-                        stopped_by_callback = True
+                _show_progress(bar, it, lt, state.active)
+                if callbacks and _callbacks_stop(callbacks, it, lt, state.ema_t, images):
+                    stopped_by_callback = True
+                    break
+                if patience > 0 and state.freeze_converged(it, patience):
+                    if not bool(state.active.any()):
                         break
-                if patience > 0:
-                    done = active & (bad > patience)
-                    if bool(done.any()):
-                        n_iter = torch.where(done, torch.full_like(n_iter, it + 1), n_iter)
-                        active = active & ~done
-                        if not bool(active.any()):
-                            break
-                        if compact:
-                            idx = _drop_frozen(param, opt, idx, active[idx])
+                    if compact:
+                        idx = _drop_frozen(param, opt, idx, state.active[idx])
     finally:
         if bar is not None:
             bar.close()
-    seconds = time.perf_counter() - t0
-    if stopped_by_callback:
-        n_iter = torch.where(active, torch.full_like(n_iter, it + 1), n_iter)
-    hist = history[: it + 1].cpu().numpy()
-    out = []
-    for g in range(G):
-        n = int(n_iter[g])
-        out.append(
-            OptimizeResult(
-                images=best_images[g],
-                best_loss=float(best_loss[g]),
-                best_step=int(best_step[g]),
-                n_iter=n,
-                stopped_early=stopped_by_callback or n < max_iter or bool(not active[g]),
-                history=hist[:n, g].copy(),
-                seconds=seconds,
-            )
+    return state.results(it, time.perf_counter() - t0, max_iter, stopped_by_callback)
+
+
+def _progress_bar(max_iter: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=max_iter, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _show_progress(bar, it: int, lt: torch.Tensor, active: torch.Tensor) -> None:
+    """Advance the bar to ``it + 1``; the summed loss, and the groups still running when batched."""
+    if bar is None:
+        return
+    bar.update(it + 1 - bar.n)
+    post = {"loss": f"{float(lt.sum()):.4g}"}
+    if len(active) > 1:
+        post["active"] = int(active.sum())
+    bar.set_postfix(post, refresh=False)  # tqdm's own mininterval limits redraws
+
+
+def _callbacks_stop(callbacks, it: int, lt: torch.Tensor, ema_t: torch.Tensor, images: torch.Tensor) -> bool:
+    """Call every callback with a :class:`StepInfo`; ``True`` when any asks to stop."""
+    info = StepInfo(step=it, loss=float(lt.sum()), ema=float(ema_t.sum()), images=images.detach())
+    return any(cb(info) is True for cb in callbacks)
+
+
+@dataclass
+class _GroupState:
+    """Per-group bookkeeping of :func:`optimize_groups`: loss history, best iterate, EMA early stopping.
+
+    Every tensor has one entry per group (``(max_iter, G)`` for the history); the batch may hold only
+    some groups (``idx``: their original indices), and only the active ones are updated.
+    """
+
+    history: torch.Tensor
+    ema_t: torch.Tensor
+    ema_min: torch.Tensor
+    bad: torch.Tensor
+    best_loss: torch.Tensor
+    best_step: torch.Tensor
+    active: torch.Tensor
+    n_iter: torch.Tensor
+    best_images: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, G: int, max_iter: int, device: torch.device) -> _GroupState:
+        """The state before the first step."""
+        return cls(
+            history=torch.full((max_iter, G), math.nan, device=device),
+            ema_t=torch.zeros(G, device=device),
+            ema_min=torch.full((G,), math.inf, device=device),
+            bad=torch.zeros(G, dtype=torch.long, device=device),
+            best_loss=torch.full((G,), math.inf, device=device),
+            best_step=torch.zeros(G, dtype=torch.long, device=device),
+            active=torch.ones(G, dtype=torch.bool, device=device),
+            n_iter=torch.full((G,), max_iter, dtype=torch.long, device=device),
         )
-    return out
+
+    @torch.no_grad()
+    def record(self, it: int, lt: torch.Tensor, images: torch.Tensor, idx: torch.Tensor, ema: float) -> None:
+        """Step ``it``'s losses ``lt`` ``(B,)`` of the groups ``idx``: history, best iterate, EMA, patience."""
+        B = len(idx)
+        self.history[it, idx] = lt
+        grouped = images.detach().reshape(B, -1, *images.shape[1:])
+        act = self.active[idx]
+        better = (lt < self.best_loss[idx]) & act
+        if self.best_images is None:
+            self.best_images = grouped.clone()
+        else:
+            self.best_images[idx] = torch.where(
+                better.view(B, *([1] * (grouped.dim() - 1))), grouped, self.best_images[idx]
+            )
+        self.best_step[idx] = torch.where(
+            better, torch.full_like(lt, it, dtype=torch.long), self.best_step[idx]
+        )
+        self.best_loss[idx] = torch.where(act, torch.minimum(self.best_loss[idx], lt), self.best_loss[idx])
+        new_ema = lt.clone() if it == 0 else ema * self.ema_t[idx] + (1 - ema) * lt
+        ema_b = torch.where(act, new_ema, self.ema_t[idx])
+        self.ema_t[idx] = ema_b
+        improved = ema_b < self.ema_min[idx]
+        self.ema_min[idx] = torch.where(act, torch.minimum(self.ema_min[idx], ema_b), self.ema_min[idx])
+        bad_b = self.bad[idx]
+        self.bad[idx] = torch.where(act, torch.where(improved, torch.zeros_like(bad_b), bad_b + 1), bad_b)
+
+    def freeze_converged(self, it: int, patience: int) -> bool:
+        """Freeze the active groups whose EMA loss has not improved for ``patience`` steps; any frozen?"""
+        done = self.active & (self.bad > patience)
+        if not bool(done.any()):
+            return False
+        self.n_iter = torch.where(done, torch.full_like(self.n_iter, it + 1), self.n_iter)
+        self.active = self.active & ~done
+        return True
+
+    def results(
+        self, it: int, seconds: float, max_iter: int, stopped_by_callback: bool
+    ) -> list[OptimizeResult]:
+        """One :class:`OptimizeResult` per group after the last step ``it``."""
+        n_iter = self.n_iter
+        if stopped_by_callback:
+            n_iter = torch.where(self.active, torch.full_like(n_iter, it + 1), n_iter)
+        hist = self.history[: it + 1].cpu().numpy()
+        out = []
+        for g in range(len(n_iter)):
+            n = int(n_iter[g])
+            out.append(
+                OptimizeResult(
+                    images=self.best_images[g],
+                    best_loss=float(self.best_loss[g]),
+                    best_step=int(self.best_step[g]),
+                    n_iter=n,
+                    stopped_early=stopped_by_callback or n < max_iter or bool(not self.active[g]),
+                    history=hist[:n, g].copy(),
+                    seconds=seconds,
+                )
+            )
+        return out
 
 
 def _drop_frozen(
