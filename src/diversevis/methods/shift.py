@@ -32,8 +32,9 @@ from diversevis.core.network import Network
 from diversevis.core.optimize import StepInfo, optimize
 from diversevis.core.params import precondition
 from diversevis.core.result import Result, image_grid
-from diversevis.methods.dfv import Problem, _prepare, resolve_mei
-from diversevis.methods.dfv import mei as compute_mei
+from diversevis.methods.dfv import run_mei
+from diversevis.methods.problem import Problem, _prepare, resolve_mei
+from diversevis.methods.settings import ShiftSettings
 
 __all__ = ["super_gaussian_mask", "crop_offsets", "crop_batch", "TextureImage", "ShiftResult", "shift_test"]
 
@@ -356,22 +357,100 @@ def shift_test(
     ShiftResult
         Texture, window, activation per shift, ``mean_ratio`` and ``min_ratio``.
     """
-    if not 0.0 <= weight_min <= 1.0:
-        raise DiversevisError(f"weight_min must be in [0, 1], got {weight_min}")
-    if not isinstance(stride, int) or stride < 1:
-        raise DiversevisError(f"stride must be an int >= 1, got {stride!r}")
+    settings = ShiftSettings(
+        weight_min=weight_min,
+        learn_mask=learn_mask,
+        stride=stride,
+        contrast=contrast,
+        norm=norm,
+        precondition_grad=precondition_grad,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        seed=seed,
+        mei_restarts=mei_restarts,
+        images=images,
+    )
     net = _prepare(model, device)
+    return run_shift_test(
+        net, layer, unit, direction, metric, settings, mei=mei, progress=progress, callbacks=callbacks
+    )
+
+
+def run_shift_test(
+    net: Network,
+    layer: str,
+    unit: int | None,
+    direction: Sequence[float] | torch.Tensor | None,
+    metric: str,
+    s: ShiftSettings,
+    *,
+    mei: bool | float | Result = True,
+    progress: bool = False,
+    callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
+) -> ShiftResult:
+    """:func:`shift_test` on a prepared network with validated settings."""
     prob = Problem.build(
         net,
         layer,
         unit,
         direction,
         metric,
-        contrast=contrast,
-        norm=norm,
+        contrast=s.contrast,
+        norm=s.norm,
         distance_layer=None,
-        images_folder=images,
+        images_folder=s.images,
     )
+    rf = _check_crops(prob, layer, s.stride)
+    mei_res, mei_act = _shift_mei(prob, layer, unit, direction, metric, s, mei, progress)
+    param = TextureImage(
+        net.in_channels,
+        rf,
+        prob.norm,
+        learn_mask=s.learn_mask,
+        stride=s.stride,
+        generator=torch.Generator().manual_seed(s.seed),
+        device=net.device,
+    )
+
+    def crop_values(texture: torch.Tensor) -> torch.Tensor:
+        crops = crop_batch(texture - 0.5, rf, s.stride) * param.mask()
+        if s.precondition_grad:
+            crops = precondition(crops)
+        return prob.evaluate(0.5 + crops, need_features=False)[0]
+
+    def loss_fn(texture: torch.Tensor) -> torch.Tensor:
+        p = crop_values(texture)
+        return -(1 - s.weight_min) * p.mean() - s.weight_min * p.min()
+
+    opt = optimize(
+        param,
+        loss_fn,
+        lr=s.lr,
+        max_iter=s.max_iter,
+        patience=s.patience,
+        ema=s.ema,
+        progress=progress,
+        desc=f"shift {net.display_name(layer)}:{unit}",
+        callbacks=callbacks,
+    )
+    with torch.no_grad():
+        acts = crop_values(opt.images)
+    n = len(crop_offsets(rf, s.stride))
+    return ShiftResult(
+        texture=opt.images[0].detach().cpu(),
+        mask=param.mask().detach().cpu(),
+        activations=acts.detach().cpu().reshape(n, n),
+        mei_activation=float(mei_act),
+        spec=_shift_spec(prob, s, opt, param, n, mei is True, mei_res),
+        loss_history=opt.history,
+        mei_image=None if mei_res is None else mei_res.mei_image,
+    )
+
+
+def _check_crops(prob: Problem, layer: str, stride: int) -> int:
+    """The receptive field (crop side, px) if it leaves at least two crops at ``stride``."""
     rf = prob.placement.image_size
     if rf < 3:
         raise DiversevisError(f"the shift test needs a receptive field of at least 3 px; {layer!r} has {rf}")
@@ -379,20 +458,15 @@ def shift_test(
         raise DiversevisError(
             f"stride {stride} leaves a single crop for a {rf}px receptive field; use a stride <= {max(1, (rf - 2) // 2)}"
         )
+    return rf
 
+
+def _shift_mei(prob, layer, unit, direction, metric, s: ShiftSettings, mei, progress) -> tuple:
+    """The MEI the crops are compared with: ``(Result or None, activation)``; it must be positive."""
     mei_res, mei_act = resolve_mei(
         mei,
-        lambda: compute_mei(
-            net,
-            layer,
-            unit,
-            direction=direction,
-            metric=metric,
-            restarts=mei_restarts,
-            norm=prob.norm,
-            precondition=precondition_grad,
-            seed=seed,
-            progress=progress,
+        lambda: run_mei(
+            prob.net, layer, unit, direction, metric, s.mei_settings(prob.norm), progress=progress
         ),
     )
     if mei_act is None:
@@ -401,63 +475,29 @@ def shift_test(
         )
     if not mei_act or mei_act <= 0:
         raise DiversevisError(f"the unit's MEI activation is {mei_act}; ratios need a positive MEI")
+    return mei_res, mei_act
 
-    gen = torch.Generator().manual_seed(seed)
-    param = TextureImage(
-        net.in_channels, rf, prob.norm, learn_mask=learn_mask, stride=stride, generator=gen, device=net.device
-    )
 
-    def crop_values(texture: torch.Tensor) -> torch.Tensor:
-        crops = crop_batch(texture - 0.5, rf, stride) * param.mask()
-        if precondition_grad:
-            crops = precondition(crops)
-        return prob.evaluate(0.5 + crops, need_features=False)[0]
-
-    def loss_fn(texture: torch.Tensor) -> torch.Tensor:
-        p = crop_values(texture)
-        return -(1 - weight_min) * p.mean() - weight_min * p.min()
-
-    opt = optimize(
-        param,
-        loss_fn,
-        lr=lr,
-        max_iter=max_iter,
-        patience=patience,
-        ema=ema,
-        progress=progress,
-        desc=f"shift {net.display_name(layer)}:{unit}",
-        callbacks=callbacks,
-    )
-    with torch.no_grad():
-        acts = crop_values(opt.images)
-    n = len(crop_offsets(rf, stride))
-    spec = prob.run_spec(
+def _shift_spec(prob: Problem, s: ShiftSettings, opt, param, n: int, mei_computed: bool, mei_res) -> dict:
+    """The run spec of a shift test: the settings, the window's shape and the crop counts."""
+    return prob.run_spec(
         "shift_test",
-        contrast=contrast,
-        norm=norm,
-        images=images,
-        seed=seed,
+        contrast=s.contrast,
+        norm=s.norm,
+        images=s.images,
+        seed=s.seed,
         opt=opt,
-        weight_min=weight_min,
-        learn_mask=learn_mask,
+        weight_min=s.weight_min,
+        learn_mask=s.learn_mask,
         mask_params=param.mask_params(),
-        stride=stride,
+        stride=s.stride,
         n_crops=n * n,
-        texture_size=2 * rf - 1,
-        precondition=precondition_grad,
-        lr=lr,
-        max_iter=max_iter,
-        patience=patience,
-        ema=ema,
-        mei_restarts=mei_restarts if mei is True else None,
+        texture_size=2 * prob.placement.image_size - 1,
+        precondition=s.precondition_grad,
+        lr=s.lr,
+        max_iter=s.max_iter,
+        patience=s.patience,
+        ema=s.ema,
+        mei_restarts=s.mei_restarts if mei_computed else None,
         mei_seconds=None if mei_res is None else mei_res.spec.get("seconds"),
-    )
-    return ShiftResult(
-        texture=opt.images[0].detach().cpu(),
-        mask=param.mask().detach().cpu(),
-        activations=acts.detach().cpu().reshape(n, n),
-        mei_activation=float(mei_act),
-        spec=spec,
-        loss_history=opt.history,
-        mei_image=None if mei_res is None else mei_res.mei_image,
     )
