@@ -4,4 +4,10 @@ Modules: ``actmax`` (activation maximisation with FFT/decorrelated parametrisati
 ``deconvnet`` (Zeiler & Fergus projections), ``occlusion`` (sliding grey square), ``multifaceted``
 (Nguyen et al. facets from clustered exemplars), ``inversion`` (Mahendran & Vedaldi), ``dissection``
 (Bau et al. IoU against concept masks). Each has its subcommand in :mod:`diversevis.cli` (``cli/<command>.py``).
+
+Larger methods keep their parts in sibling modules named after them, re-exported by the method's module:
+``actmax_relu`` (redirected ReLU gradients), ``deconvnet_trace`` (the forward chain of leaf modules),
+``deconvnet_result``, ``multifaceted_facets`` (exemplars, embedding, k-means facets),
+``multifaceted_result``, ``dissection_stats`` (quantiles, masks, IoU counts), ``dissection_result``;
+``concepts`` holds dissection's datasets and ``_checks`` the shared argument checks.
 """

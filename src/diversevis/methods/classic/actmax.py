@@ -12,8 +12,8 @@ solutions (Lucid's recipe, re-implemented):
 * **random transforms** (:class:`~diversevis.transforms.RandomTransforms`): grey padding, jitter, scale
   and rotation drawn independently for every image at every step;
 * optional **L1** (distance from grey) and **total-variation** penalties;
-* optional **redirected ReLU** gradients (:class:`RedirectedReLU`) during the first steps, for units
-  whose images stay grey because every path to them starts dead.
+* optional **redirected ReLU** gradients (:class:`RedirectedReLU`, from :mod:`.actmax_relu`) during
+  the first steps, for units whose images stay grey because every path to them starts dead.
 
 Target: for a convolutional layer the unit at the spatial position whose receptive-field centre is
 nearest the image centre (``objective="center"``) or the channel's mean over positions
@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,12 @@ from torch import nn
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network, as_network
 from diversevis.core.objectives import pairwise_rms_matrix
-from diversevis.core.optimize import StepInfo, optimize
+from diversevis.core.optimize import OptimizeResult, StepInfo, optimize
 from diversevis.core.params import CONSTRAINTS, DecorrelatedImage
 from diversevis.core.result import Result
 from diversevis.core.transforms import RandomTransforms
 from diversevis.images.color import natural_color_matrix
+from diversevis.methods.classic.actmax_relu import RedirectedReLU, redirected_relu, redirected_relu_grad
 from diversevis.methods.classic.inversion import tv_norm
 from diversevis.methods.dfv import versions
 
@@ -55,107 +57,6 @@ __all__ = [
 
 #: How a convolutional layer's map is read: the centre unit, or the channel mean over positions.
 OBJECTIVES = ("center", "channel")
-
-
-# ------------------------------------------------------------------------------------- redirected ReLU
-
-
-def redirected_relu_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Gradient of the redirected ReLU with respect to its input.
-
-    Where a sample's plain ReLU gradient ``grad * (x > 0)`` is non-zero it is returned unchanged.
-    For a sample whose plain gradient is zero everywhere (all its inputs that matter are negative),
-    the gradient also flows where ``x <= 0`` if it points towards increasing ``x`` under gradient
-    descent (``grad < 0``), so the optimiser can revive the dead units (Lucid's ``redirected_relu_grad``).
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        ``(N, ...)`` ReLU input.
-    grad : torch.Tensor
-        ``(N, ...)`` gradient of the loss (to be minimised) with respect to the ReLU output.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(N, ...)`` gradient with respect to ``x``.
-    """
-    pos = x > 0
-    plain = torch.where(pos, grad, torch.zeros_like(grad))
-    redirected = torch.where(pos | (grad < 0), grad, torch.zeros_like(grad))
-    dead = plain.flatten(1).abs().amax(1) == 0 if plain.dim() > 1 else plain.abs().amax() == 0
-    dead = dead.view(-1, *([1] * (plain.dim() - 1))) if plain.dim() > 1 else dead
-    return torch.where(dead, redirected, plain)
-
-
-class _RedirectedReLUFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return redirected_relu_grad(x, grad)
-
-
-def redirected_relu(x: torch.Tensor) -> torch.Tensor:
-    """``relu(x)`` whose backward pass is :func:`redirected_relu_grad`."""
-    return _RedirectedReLUFn.apply(x)
-
-
-class RedirectedReLU:
-    """Context manager: the ``nn.ReLU`` modules of ``module`` use redirected gradients while ``active``.
-
-    Forward hooks on every ``nn.ReLU`` replace its output by :func:`redirected_relu` of its input (same
-    values, different backward). The hooks are removed on exit, also when the block raises, so the model
-    is left exactly as it was. ReLUs applied as functions (``F.relu`` inside ``forward``) are not seen.
-
-    Parameters
-    ----------
-    module : nn.Module
-        The model (e.g. ``Network.module``).
-    active : bool
-        Initial state; set the attribute to switch redirection on or off between steps.
-
-    Attributes
-    ----------
-    n_relus : int
-        Number of ReLU modules hooked (0 outside the ``with`` block).
-    """
-
-    def __init__(self, module: nn.Module, active: bool = True) -> None:
-        self.module = module
-        self.active = active
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    @property
-    def n_relus(self) -> int:
-        return len(self._handles)
-
-    def _hook(self, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if not self.active or not torch.is_grad_enabled():
-            return None
-        return redirected_relu(inputs[0])
-
-    def __enter__(self) -> RedirectedReLU:
-        try:
-            for m in self.module.modules():
-                if type(m) is nn.ReLU:
-                    self._handles.append(m.register_forward_hook(self._hook))
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def _remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def __exit__(self, *exc) -> None:
-        self._remove()
 
 
 # -------------------------------------------------------------------------------------------- reading
@@ -390,28 +291,34 @@ def actmax(
         the untransformed images; ``spec`` with every setting, ``grey_activation`` (the target value of a
         uniform grey image), counts, timings and versions.
     """
-    if not isinstance(n_images, int) or n_images < 1:
-        raise DiversevisError(f"n_images must be an int >= 1, got {n_images!r}")
-    if not isinstance(size, int) or size < 1:
-        raise DiversevisError(f"size must be a positive int, got {size!r}")
-    if constraint not in CONSTRAINTS:
-        raise DiversevisError(f"unknown constraint {constraint!r}; choose one of {', '.join(CONSTRAINTS)}")
-    for name, v in (
-        ("l1", l1),
-        ("tv", tv),
-        ("redirect_relu", redirect_relu),
-        ("pad", pad),
-        ("jitter", jitter),
-    ):
-        if v < 0:
-            raise DiversevisError(f"{name} must be >= 0, got {v}")
-    if rotate < 0 or not 0 < scale[0] <= scale[1]:
-        raise DiversevisError(
-            f"need rotate >= 0 and 0 < scale[0] <= scale[1], got rotate={rotate}, scale={scale}"
-        )
-    if not lr > 0 or not init_sd > 0:
-        raise DiversevisError(f"lr and init_sd must be > 0, got {lr} and {init_sd}")
-
+    s = _Settings(
+        n_images=n_images,
+        size=size,
+        objective=objective,
+        fft=fft,
+        decay_power=decay_power,
+        decorrelate=decorrelate,
+        constraint=constraint,
+        contrast=contrast,
+        norm=norm,
+        transforms=transforms,
+        pad=pad,
+        jitter=jitter,
+        scale=scale,
+        rotate=rotate,
+        l1=l1,
+        tv=tv,
+        tv_beta=tv_beta,
+        redirect_relu=redirect_relu,
+        init_sd=init_sd,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        ema=ema,
+        seed=seed,
+        images=images,
+    )
+    s.check()
     net = as_network(model)
     if device is not None:
         net.to(device)
@@ -420,20 +327,7 @@ def actmax(
     if decorrelate and channels != 3:
         decorrelate = False  # colour decorrelation is defined for RGB only
     color = natural_color_matrix(images) if decorrelate else None
-    if constraint == "norm" and norm is None:
-        if not contrast > 0:
-            raise DiversevisError(f"contrast must be > 0, got {contrast}")
-        if channels != 3:
-            raise DiversevisError("natural-image contrast needs an RGB network; give an absolute norm=")
-        from diversevis.images.naturals import natural_patch_norm
-
-        norm_value = contrast * natural_patch_norm(size, folder=images)
-    elif constraint == "norm":
-        if not norm > 0:
-            raise DiversevisError(f"norm must be > 0, got {norm}")
-        norm_value = float(norm)
-    else:
-        norm_value = None
+    norm_value = _norm_value(s, channels)
 
     gen = torch.Generator().manual_seed(seed)
     param = DecorrelatedImage(
@@ -453,76 +347,14 @@ def actmax(
     reader = _Reader(net, layer, unit, objective)
     with torch.no_grad():
         grey_activation = float(reader(torch.full((1, channels, size, size), 0.5, device=net.device))[0])
-
-    relu = RedirectedReLU(net.module, active=redirect_relu > 0)
-    step = [0]
-
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        relu.active = step[0] < redirect_relu
-        step[0] += 1
-        xt = tf(x, gen) if tf is not None else x
-        per_image = -reader(xt)
-        if l1 > 0:
-            per_image = per_image + l1 * (x - 0.5).abs().flatten(1).mean(1)
-        if tv > 0:
-            per_image = per_image + tv * tv_norm(x, tv_beta, reduce=False) / x[0].numel()
-        return per_image.mean()
-
     label = f"actmax {net.display_name(layer)}:{unit}"
-    with relu if redirect_relu > 0 else contextlib.nullcontext():
-        n_relus = relu.n_relus
-        opt = optimize(
-            param,
-            loss_fn,
-            lr=lr,
-            max_iter=max_iter,
-            patience=patience,
-            ema=ema,
-            progress=progress,
-            desc=label,
-            callbacks=callbacks,
-        )
+    opt, n_relus = _optimise(net, param, reader, tf, gen, s, label, progress, callbacks)
 
     with torch.no_grad():
         acts = reader(opt.images)
     imgs = opt.images.detach().cpu()
     dist = pairwise_rms_matrix((imgs - 0.5).flatten(1)) if n_images > 1 else torch.zeros(1, 1)
-    spec: dict[str, Any] = {
-        "method": "actmax",
-        "model": net.name,
-        "layer": net.display_name(layer),
-        "layer_path": net.resolve(layer),
-        "unit": unit,
-        "objective": objective,
-        "n_images": n_images,
-        "image_size": size,
-        "fft": fft,
-        "decay_power": decay_power if fft else None,
-        "decorrelate": decorrelate,
-        "color_matrix": None if color is None else [[round(float(v), 6) for v in row] for row in color],
-        "constraint": constraint,
-        "contrast": contrast if constraint == "norm" and norm is None else None,
-        "norm": norm_value,
-        "transforms": None if tf is None else tf.spec(),
-        "l1": l1,
-        "tv": tv,
-        "tv_beta": tv_beta if tv > 0 else None,
-        "redirect_relu": redirect_relu,
-        "redirected_relus": n_relus,
-        "init_sd": init_sd,
-        "lr": lr,
-        "max_iter": max_iter,
-        "patience": patience,
-        "ema": ema,
-        "seed": seed,
-        "device": str(net.device),
-        "dtype": "float32",
-        "natural_images": str(images) if images else "bundled",
-        "grey_activation": grey_activation,
-        **opt.summary(),
-        "versions": versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    spec = _spec(net, layer, unit, s, decorrelate, color, norm_value, tf, n_relus, grey_activation, opt)
     return Result(
         images=imgs,
         activations=acts.detach().cpu(),
@@ -531,3 +363,166 @@ def actmax(
         spec=spec,
         extra={"grey_activation": grey_activation},
     )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The arguments of :func:`actmax` that set up the images, the objective and the optimisation."""
+
+    n_images: int
+    size: int
+    objective: str
+    fft: bool
+    decay_power: float
+    decorrelate: bool
+    constraint: str
+    contrast: float
+    norm: float | None
+    transforms: bool
+    pad: int
+    jitter: int
+    scale: tuple[float, float]
+    rotate: float
+    l1: float
+    tv: float
+    tv_beta: float
+    redirect_relu: int
+    init_sd: float
+    lr: float
+    max_iter: int
+    patience: int
+    ema: float
+    seed: int
+    images: str | Path | None
+
+    def check(self) -> None:
+        """Refuse bad values before the network is loaded."""
+        if not isinstance(self.n_images, int) or self.n_images < 1:
+            raise DiversevisError(f"n_images must be an int >= 1, got {self.n_images!r}")
+        if not isinstance(self.size, int) or self.size < 1:
+            raise DiversevisError(f"size must be a positive int, got {self.size!r}")
+        if self.constraint not in CONSTRAINTS:
+            raise DiversevisError(
+                f"unknown constraint {self.constraint!r}; choose one of {', '.join(CONSTRAINTS)}"
+            )
+        for name in ("l1", "tv", "redirect_relu", "pad", "jitter"):
+            v = getattr(self, name)
+            if v < 0:
+                raise DiversevisError(f"{name} must be >= 0, got {v}")
+        if self.rotate < 0 or not 0 < self.scale[0] <= self.scale[1]:
+            raise DiversevisError(
+                f"need rotate >= 0 and 0 < scale[0] <= scale[1], got rotate={self.rotate}, scale={self.scale}"
+            )
+        if not self.lr > 0 or not self.init_sd > 0:
+            raise DiversevisError(f"lr and init_sd must be > 0, got {self.lr} and {self.init_sd}")
+
+
+def _norm_value(s: _Settings, channels: int) -> float | None:
+    """The fixed L2 norm of ``constraint="norm"``: ``norm``, or ``contrast`` times the natural-patch norm."""
+    if s.constraint != "norm":
+        return None
+    if s.norm is None:
+        if not s.contrast > 0:
+            raise DiversevisError(f"contrast must be > 0, got {s.contrast}")
+        if channels != 3:
+            raise DiversevisError("natural-image contrast needs an RGB network; give an absolute norm=")
+        from diversevis.images.naturals import natural_patch_norm
+
+        return s.contrast * natural_patch_norm(s.size, folder=s.images)
+    if not s.norm > 0:
+        raise DiversevisError(f"norm must be > 0, got {s.norm}")
+    return float(s.norm)
+
+
+def _optimise(
+    net: Network,
+    param: DecorrelatedImage,
+    reader: _Reader,
+    tf: RandomTransforms | None,
+    gen: torch.Generator,
+    s: _Settings,
+    desc: str,
+    progress: bool,
+    callbacks: Iterable[Callable[[StepInfo], bool | None]],
+) -> tuple[OptimizeResult, int]:
+    """Minimise the objective of :func:`actmax`; also returns how many ReLUs had redirected gradients."""
+    relu = RedirectedReLU(net.module, active=s.redirect_relu > 0)
+    step = [0]
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        relu.active = step[0] < s.redirect_relu
+        step[0] += 1
+        xt = tf(x, gen) if tf is not None else x
+        per_image = -reader(xt)
+        if s.l1 > 0:
+            per_image = per_image + s.l1 * (x - 0.5).abs().flatten(1).mean(1)
+        if s.tv > 0:
+            per_image = per_image + s.tv * tv_norm(x, s.tv_beta, reduce=False) / x[0].numel()
+        return per_image.mean()
+
+    with relu if s.redirect_relu > 0 else contextlib.nullcontext():
+        n_relus = relu.n_relus
+        opt = optimize(
+            param,
+            loss_fn,
+            lr=s.lr,
+            max_iter=s.max_iter,
+            patience=s.patience,
+            ema=s.ema,
+            progress=progress,
+            desc=desc,
+            callbacks=callbacks,
+        )
+    return opt, n_relus
+
+
+def _spec(
+    net: Network,
+    layer: str,
+    unit: int,
+    s: _Settings,
+    decorrelate: bool,
+    color: torch.Tensor | None,
+    norm_value: float | None,
+    tf: RandomTransforms | None,
+    n_relus: int,
+    grey_activation: float,
+    opt: OptimizeResult,
+) -> dict[str, Any]:
+    """The run spec: every setting, the grey image's activation, counts, timings and versions."""
+    return {
+        "method": "actmax",
+        "model": net.name,
+        "layer": net.display_name(layer),
+        "layer_path": net.resolve(layer),
+        "unit": unit,
+        "objective": s.objective,
+        "n_images": s.n_images,
+        "image_size": s.size,
+        "fft": s.fft,
+        "decay_power": s.decay_power if s.fft else None,
+        "decorrelate": decorrelate,
+        "color_matrix": None if color is None else [[round(float(v), 6) for v in row] for row in color],
+        "constraint": s.constraint,
+        "contrast": s.contrast if s.constraint == "norm" and s.norm is None else None,
+        "norm": norm_value,
+        "transforms": None if tf is None else tf.spec(),
+        "l1": s.l1,
+        "tv": s.tv,
+        "tv_beta": s.tv_beta if s.tv > 0 else None,
+        "redirect_relu": s.redirect_relu,
+        "redirected_relus": n_relus,
+        "init_sd": s.init_sd,
+        "lr": s.lr,
+        "max_iter": s.max_iter,
+        "patience": s.patience,
+        "ema": s.ema,
+        "seed": s.seed,
+        "device": str(net.device),
+        "dtype": "float32",
+        "natural_images": str(s.images) if s.images else "bundled",
+        "grey_activation": grey_activation,
+        **opt.summary(),
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

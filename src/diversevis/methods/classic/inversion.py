@@ -64,6 +64,11 @@ def alpha_norm(x: torch.Tensor, alpha: float, *, reduce: bool = True) -> torch.T
         Exponent (> 0; 6 in the paper).
     reduce : bool
         Sum over everything (scalar) or per image (``(N,)``).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, or ``(N,)`` with ``reduce=False``.
     """
     v = x.abs() ** alpha
     return v.sum() if reduce else v.flatten(1).sum(1)
@@ -85,6 +90,11 @@ def tv_norm(x: torch.Tensor, beta: float, *, reduce: bool = True, eps: float = 0
         Sum over everything (scalar) or per image (``(N,)``).
     eps : float
         Added inside the power so that ``beta < 2`` has a finite gradient at flat regions.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, or ``(N,)`` with ``reduce=False``.
     """
     dx = x[..., :-1, 1:] - x[..., :-1, :-1]
     dy = x[..., 1:, :-1] - x[..., :-1, :-1]
@@ -96,7 +106,20 @@ def tv_norm(x: torch.Tensor, beta: float, *, reduce: bool = True, eps: float = 0
 
 
 def relative_feature_error(phi: torch.Tensor, phi0: torch.Tensor) -> torch.Tensor:
-    """``||phi - phi0||^2 / ||phi0||^2`` per image (``(N,)``); ``phi0`` broadcasts over ``N``."""
+    """``||phi - phi0||^2 / ||phi0||^2`` per image.
+
+    Parameters
+    ----------
+    phi : torch.Tensor
+        ``(N, ...)`` representations.
+    phi0 : torch.Tensor
+        ``(1, ...)`` (or ``(N, ...)``) target representation; broadcasts over ``N``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)`` relative squared errors (the denominator is clamped at ``1e-30``).
+    """
     num = (phi - phi0).flatten(1).pow(2).sum(1)
     return num / phi0.flatten(1).pow(2).sum(1).clamp_min(1e-30)
 
@@ -105,7 +128,13 @@ def relative_feature_error(phi: torch.Tensor, phi0: torch.Tensor) -> torch.Tenso
 
 
 def bundled_image_names() -> list[str]:
-    """Short names of the bundled photos usable as ``image`` (``astronaut``, ``chelsea``, ``china``, ...)."""
+    """Short names of the bundled photos usable as ``image``.
+
+    Returns
+    -------
+    list of str
+        ``astronaut``, ``chelsea``, ``china``, ... (see :func:`diversevis.images.photos.photo_names`).
+    """
     return photo_names()
 
 
@@ -285,34 +314,13 @@ def invert(
     if device is not None:
         net.to(device)
     path = net.resolve(layer)
-    target = load_image(image, size, channels=net.in_channels).to(net.device)[None]
+    target, phi0 = _target_features(net, layer, image, size)
     h, w = target.shape[-2:]
-    if not net.output_shape(layer, (h, w)):
-        raise DiversevisError(
-            f"layer {net.display_name(layer)!r} produces no output for a {h}x{w} image; use a larger one"
-        )
-    with torch.no_grad():
-        phi0 = net.activations(target, [layer])[layer]
-    if float(phi0.pow(2).sum()) == 0:
-        raise DiversevisError(
-            f"the target's representation at {net.display_name(layer)!r} is all zero; nothing to invert"
-        )
     v_bound = bound / 6.5
-    eps = 0.0 if beta >= 2 else 1e-6
     gen = torch.Generator().manual_seed(seed)
     raw = init_sd * torch.randn(target.shape, generator=gen)
     param = _FreeImage(raw.to(net.device), precondition)
-
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        phi = net.activations(x, [layer])[layer]
-        loss = relative_feature_error(phi, phi0).sum()
-        u = x - 0.5
-        if lambda_alpha > 0:
-            loss = loss + lambda_alpha * alpha_norm(u / bound, alpha) / (h * w)
-        if lambda_tv > 0:
-            loss = loss + lambda_tv * tv_norm(u / v_bound, beta, eps=eps) / (h * w)
-        return loss
-
+    loss_fn = _inversion_loss(net, layer, phi0, h * w, alpha, beta, lambda_alpha, lambda_tv, bound, v_bound)
     opt = optimize(
         param,
         loss_fn,
@@ -325,13 +333,7 @@ def invert(
         callbacks=callbacks,
     )
     x = opt.images
-    with torch.no_grad():
-        err = float(relative_feature_error(net.activations(x, [layer])[layer], phi0)[0])
-        diff = (x - target).flatten()
-        rms = float(diff.pow(2).mean().sqrt())
-        rel = float(
-            diff.norm() / (target - target.mean((2, 3), keepdim=True)).flatten().norm().clamp_min(1e-12)
-        )
+    err, rms, rel = _errors(net, layer, x, target, phi0)
     spec: dict[str, Any] = {
         "method": "invert",
         "model": net.name,
@@ -372,6 +374,67 @@ def invert(
         loss_history=opt.history,
         spec=spec,
     )
+
+
+def _target_features(
+    net: Network, layer: str, image: str | os.PathLike | np.ndarray | torch.Tensor, size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target ``(1, C, H, W)`` on the network's device and its representation ``Phi0`` at ``layer``."""
+    target = load_image(image, size, channels=net.in_channels).to(net.device)[None]
+    h, w = target.shape[-2:]
+    if not net.output_shape(layer, (h, w)):
+        raise DiversevisError(
+            f"layer {net.display_name(layer)!r} produces no output for a {h}x{w} image; use a larger one"
+        )
+    with torch.no_grad():
+        phi0 = net.activations(target, [layer])[layer]
+    if float(phi0.pow(2).sum()) == 0:
+        raise DiversevisError(
+            f"the target's representation at {net.display_name(layer)!r} is all zero; nothing to invert"
+        )
+    return target, phi0
+
+
+def _inversion_loss(
+    net: Network,
+    layer: str,
+    phi0: torch.Tensor,
+    pixels: int,
+    alpha: float,
+    beta: float,
+    lambda_alpha: float,
+    lambda_tv: float,
+    bound: float,
+    v_bound: float,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The objective of the module docstring for display-space images; ``pixels`` is ``H W``."""
+    eps = 0.0 if beta >= 2 else 1e-6
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        phi = net.activations(x, [layer])[layer]
+        loss = relative_feature_error(phi, phi0).sum()
+        u = x - 0.5
+        if lambda_alpha > 0:
+            loss = loss + lambda_alpha * alpha_norm(u / bound, alpha) / pixels
+        if lambda_tv > 0:
+            loss = loss + lambda_tv * tv_norm(u / v_bound, beta, eps=eps) / pixels
+        return loss
+
+    return loss_fn
+
+
+def _errors(
+    net: Network, layer: str, x: torch.Tensor, target: torch.Tensor, phi0: torch.Tensor
+) -> tuple[float, float, float]:
+    """Feature error ``||Phi(x) - Phi0||^2 / ||Phi0||^2``, image RMS error and relative image error."""
+    with torch.no_grad():
+        err = float(relative_feature_error(net.activations(x, [layer])[layer], phi0)[0])
+        diff = (x - target).flatten()
+        rms = float(diff.pow(2).mean().sqrt())
+        rel = float(
+            diff.norm() / (target - target.mean((2, 3), keepdim=True)).flatten().norm().clamp_min(1e-12)
+        )
+    return err, rms, rel
 
 
 def _versions() -> dict[str, str]:

@@ -46,6 +46,7 @@ from diversevis.core.cache import atomic_write_bytes, atomic_write_json, output_
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network, as_network
 from diversevis.images.photos import load_photo
+from diversevis.methods.classic._checks import _check_int
 from diversevis.methods.dfv import versions
 
 __all__ = [
@@ -60,12 +61,6 @@ __all__ = [
 
 #: How a unit's channel map becomes one number per image.
 READOUTS = ("sum", "center", "max")
-
-
-def _check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise DiversevisError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def occlusion_grid(height: int, width: int, size: int, stride: int) -> tuple[list[int], list[int]]:
@@ -476,54 +471,15 @@ def occlusion(
     net = as_network(model)
     if device is not None:
         net.to(device)
-    if isinstance(image, (str, os.PathLike)):
-        img, source = load_photo(image, image_size)
-    elif isinstance(image, torch.Tensor) and image.dim() == 3:
-        if image_size is not None:
-            raise DiversevisError(
-                "image_size= applies to photo names and files only; resize tensors yourself"
-            )
-        img, source = image.detach().float().cpu(), "tensor"
-    else:
-        raise DiversevisError("image must be a (C, H, W) tensor, a bundled photo name or an image file path")
-    if img.shape[0] != net.in_channels:
-        raise DiversevisError(
-            f"{net.name} takes {net.in_channels}-channel images, got {img.shape[0]} channels"
-        )
+    img, source = _load_image(net, image, image_size)
     batch_size = _check_int("batch_size", batch_size)
     h, w = img.shape[-2:]
     ys, xs = occlusion_grid(h, w, size, stride)
     color = fill_color(fill, img.shape[0])
     img = img.to(net.device)
-    if class_index is not None:
-        if layer is not None or unit is not None:
-            raise DiversevisError("give either a class index or a layer and unit, not both")
-        f, target = _class_target(net, class_index, img)
-    elif layer is None or unit is None:
-        raise DiversevisError("occlusion needs a target: a layer and a unit, or a class index")
-    else:
-        f, target = _unit_target(net, layer, unit, readout, img)
+    f, target = _target(net, img, layer, unit, class_index, readout)
     corners = [(y, x) for y in ys for x in xs]
-    # channels-last batches run convolutions faster on CPU (oneDNN); models that cannot take them fall back
-    fmt = [torch.channels_last if net.device.type == "cpu" else torch.contiguous_format]
-    values = torch.empty(len(corners))
-    batches = range(0, len(corners), batch_size)
-    bar = None
-    if progress and len(batches) > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(corners), desc="occlusion", unit="img", leave=False, dynamic_ncols=True)
-    try:
-        with torch.no_grad():
-            baseline = float(f(img[None])[0])
-            for start in batches:
-                chunk = corners[start : start + batch_size]
-                values[start : start + len(chunk)] = _evaluate(f, occlude(img, chunk, size, color), fmt)
-                if bar is not None:
-                    bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+    baseline, values = _occluded_values(f, img, corners, size, color, batch_size, progress, net.device)
     values = values.view(len(ys), len(xs))
     drop = baseline - values
     spec = {
@@ -546,3 +502,76 @@ def occlusion(
     }
     heat = pixel_heatmap(drop, size, stride, h, w)
     return OcclusionResult(img.cpu(), drop, values, baseline, heat, spec)
+
+
+def _load_image(
+    net: Network, image: torch.Tensor | str | os.PathLike, image_size: int | None
+) -> tuple[torch.Tensor, str]:
+    """The ``(C, H, W)`` display-space image (a tensor, a bundled photo or a file) and its source."""
+    if isinstance(image, (str, os.PathLike)):
+        img, source = load_photo(image, image_size)
+    elif isinstance(image, torch.Tensor) and image.dim() == 3:
+        if image_size is not None:
+            raise DiversevisError(
+                "image_size= applies to photo names and files only; resize tensors yourself"
+            )
+        img, source = image.detach().float().cpu(), "tensor"
+    else:
+        raise DiversevisError("image must be a (C, H, W) tensor, a bundled photo name or an image file path")
+    if img.shape[0] != net.in_channels:
+        raise DiversevisError(
+            f"{net.name} takes {net.in_channels}-channel images, got {img.shape[0]} channels"
+        )
+    return img, source
+
+
+def _target(
+    net: Network,
+    img: torch.Tensor,
+    layer: str | None,
+    unit: int | None,
+    class_index: int | None,
+    readout: str,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+    """The target read-out, a unit or a class (exactly one of them must be given), and its description."""
+    if class_index is not None:
+        if layer is not None or unit is not None:
+            raise DiversevisError("give either a class index or a layer and unit, not both")
+        return _class_target(net, class_index, img)
+    if layer is None or unit is None:
+        raise DiversevisError("occlusion needs a target: a layer and a unit, or a class index")
+    return _unit_target(net, layer, unit, readout, img)
+
+
+def _occluded_values(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    img: torch.Tensor,
+    corners: list[tuple[int, int]],
+    size: int,
+    color: torch.Tensor,
+    batch_size: int,
+    progress: bool,
+    device: torch.device,
+) -> tuple[float, torch.Tensor]:
+    """The target for the image and, ``batch_size`` at a time, for the image occluded at each corner."""
+    # channels-last batches run convolutions faster on CPU (oneDNN); models that cannot take them fall back
+    fmt = [torch.channels_last if device.type == "cpu" else torch.contiguous_format]
+    values = torch.empty(len(corners))
+    batches = range(0, len(corners), batch_size)
+    bar = None
+    if progress and len(batches) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(corners), desc="occlusion", unit="img", leave=False, dynamic_ncols=True)
+    try:
+        with torch.no_grad():
+            baseline = float(f(img[None])[0])
+            for start in batches:
+                chunk = corners[start : start + batch_size]
+                values[start : start + len(chunk)] = _evaluate(f, occlude(img, chunk, size, color), fmt)
+                if bar is not None:
+                    bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return baseline, values
