@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeVar
 
 from diversevis.core.errors import DiversevisError
+from diversevis.core.settings import Settings
+
+S = TypeVar("S", bound=Settings)
 
 __all__ = [
     "number",
@@ -212,3 +216,27 @@ def load(args):
 
     net = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle, images=args.naturals)
     return net.use_channels_last() if getattr(args, "channels_last", False) else net
+
+
+#: Settings fields whose flag has another name: field -> argparse dest (``--images`` is the set size,
+#: ``--naturals`` the natural-image folder).
+FLAG_DEST = {"n_images": "images", "images": "naturals"}
+#: Boolean settings fields switched off by a ``--no-...`` flag: field -> argparse dest.
+NEGATED_FLAG = {"precondition": "no_precondition", "precondition_grad": "no_precondition"}
+
+
+def settings_from_args(cls: type[S], args: argparse.Namespace, **values) -> S:
+    """The ``cls`` settings that the parsed flags describe (validated by ``cls``).
+
+    Every field of ``cls`` takes the value of its flag (same name, or the name in :data:`FLAG_DEST`;
+    :data:`NEGATED_FLAG` for ``--no-...`` switches); fields the command has no flag for keep the
+    dataclass default, and ``values`` override both.
+    """
+    for name in cls.names():
+        if name in values:
+            continue
+        if name in NEGATED_FLAG and hasattr(args, NEGATED_FLAG[name]):
+            values[name] = not getattr(args, NEGATED_FLAG[name])
+        elif hasattr(args, FLAG_DEST.get(name, name)):
+            values[name] = getattr(args, FLAG_DEST.get(name, name))
+    return cls(**values)

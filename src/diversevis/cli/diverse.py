@@ -15,8 +15,10 @@ from diversevis.cli.common import (
     out_dir,
     positive_float,
     positive_int,
+    settings_from_args,
 )
 from diversevis.core.errors import DiversevisError
+from diversevis.methods.settings import DiverseSettings, MEISettings
 
 __all__ = ["COMMANDS", "add_diverse_parser", "add_mei_parser", "run"]
 
@@ -31,12 +33,13 @@ def add_diverse_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     )
     add_model_args(p)
     add_target_args(p)
-    p.add_argument("--images", "-n", type=positive_int, default=6, help="number of images N (default: 6)")
+    n = DiverseSettings.n_images
+    p.add_argument("--images", "-n", type=positive_int, default=n, help=f"number of images N (default: {n})")
     p.add_argument(
         "--diversity",
         type=nonneg_float,
-        default=0.01,
-        help="weight lambda of the diversity term (default: 0.01)",
+        default=DiverseSettings.diversity,
+        help=f"weight lambda of the diversity term (default: {DiverseSettings.diversity})",
     )
     p.add_argument(
         "--distance-layer", default=None, help="layer whose features measure distances (default: pixel space)"
@@ -47,12 +50,17 @@ def add_diverse_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         default="min",
         help="diversity term: min pairwise RMS distance (paper), softmin, or Lucid's gram (default: min)",
     )
-    p.add_argument("--tau", type=positive_float, default=0.1, help="softmin temperature (default: 0.1)")
+    p.add_argument(
+        "--tau",
+        type=positive_float,
+        default=DiverseSettings.tau,
+        help=f"softmin temperature (default: {DiverseSettings.tau})",
+    )
     p.add_argument(
         "--mei-restarts",
         type=positive_int,
-        default=4,
-        help="restarts of the MEI used for the activation ratios (default: 4)",
+        default=DiverseSettings.mei_restarts,
+        help=f"restarts of the MEI used for the activation ratios (default: {DiverseSettings.mei_restarts})",
     )
     p.add_argument("--no-mei", action="store_true", help="skip the MEI (no ratios)")
     add_optim_args(p)
@@ -65,7 +73,12 @@ def add_mei_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("mei", help="most exciting input: best single image over restarts (PNG + JSON)")
     add_model_args(p)
     add_target_args(p)
-    p.add_argument("--restarts", type=positive_int, default=4, help="independent starts (default: 4)")
+    p.add_argument(
+        "--restarts",
+        type=positive_int,
+        default=MEISettings.restarts,
+        help=f"independent starts (default: {MEISettings.restarts})",
+    )
     add_optim_args(p)
     add_precision_arg(p)
     return p
@@ -76,40 +89,16 @@ def run(args: argparse.Namespace) -> int:
     from diversevis.methods import dfv
 
     net = load(args)
-    common = dict(
-        direction=direction(args.direction),
-        metric=args.metric,
-        contrast=args.contrast,
-        norm=args.norm,
-        precondition=not args.no_precondition,
-        lr=args.lr,
-        max_iter=args.max_iter,
-        patience=args.patience,
-        seed=args.seed,
-        images=args.naturals,
-        progress=not args.quiet,
-        precision=args.precision,
-    )
+    target = (args.layer, args.unit, direction(args.direction), args.metric)
     if args.command == "diverse":
         if args.images < 2:
             raise DiversevisError(
                 "--images must be >= 2 for a diverse set (use `diversevis mei` for one image)"
             )
-        res = dfv.diverse(
-            net,
-            args.layer,
-            args.unit,
-            n_images=args.images,
-            diversity=args.diversity,
-            distance_layer=args.distance_layer,
-            distance=args.distance,
-            tau=args.tau,
-            mei=not args.no_mei,
-            mei_restarts=args.mei_restarts,
-            **common,
-        )
+        settings = settings_from_args(DiverseSettings, args)
+        res = dfv.run_diverse(net, *target, settings, mei=not args.no_mei, progress=not args.quiet)
     else:
-        res = dfv.mei(net, args.layer, args.unit, restarts=args.restarts, **common)
+        res = dfv.run_mei(net, *target, settings_from_args(MEISettings, args), progress=not args.quiet)
     out = res.save(out_dir(args, net))
     _print_summary(res, args.command, out)
     return 0

@@ -17,9 +17,11 @@ from diversevis.cli.common import (
     nonneg_int,
     out_dir,
     positive_int,
+    settings_from_args,
     unit_float,
 )
 from diversevis.core.errors import DiversevisError
+from diversevis.methods.settings import ShiftSettings
 
 __all__ = [
     "COMMANDS",
@@ -45,8 +47,8 @@ def add_shift_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument(
         "--weight-min",
         type=unit_float,
-        default=0.5,
-        help="loss blend between the mean crop (0) and the worst crop (1) (default: 0.5)",
+        default=ShiftSettings.weight_min,
+        help=f"loss blend between the mean crop (0) and the worst crop (1) (default: {ShiftSettings.weight_min})",
     )
     p.add_argument(
         "--learn-mask", action="store_true", help="learn the window's p, q, sigma with the texture"
@@ -54,34 +56,28 @@ def add_shift_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument(
         "--stride", type=positive_int, default=1, help="offset step between crops (default: 1 = every shift)"
     )
-    p.add_argument("--mei-restarts", type=positive_int, default=4, help="restarts of the MEI (default: 4)")
-    add_optim_args(p, lr=0.1, max_iter=700)
+    p.add_argument(
+        "--mei-restarts",
+        type=positive_int,
+        default=ShiftSettings.mei_restarts,
+        help=f"restarts of the MEI (default: {ShiftSettings.mei_restarts})",
+    )
+    add_optim_args(p, lr=ShiftSettings.lr, max_iter=ShiftSettings.max_iter)
     return p
 
 
 def run_shift(args: argparse.Namespace) -> int:
     """Handler of ``diversevis shift-test``; returns the exit status."""
-    from diversevis.methods.shift import shift_test
+    from diversevis.methods.shift import run_shift_test
 
     net = load(args)
-    res = shift_test(
+    res = run_shift_test(
         net,
         args.layer,
         args.unit,
-        direction=direction(args.direction),
-        metric=args.metric,
-        weight_min=args.weight_min,
-        learn_mask=args.learn_mask,
-        stride=args.stride,
-        contrast=args.contrast,
-        norm=args.norm,
-        precondition_grad=not args.no_precondition,
-        lr=args.lr,
-        max_iter=args.max_iter,
-        patience=args.patience,
-        seed=args.seed,
-        mei_restarts=args.mei_restarts,
-        images=args.naturals,
+        direction(args.direction),
+        args.metric,
+        settings_from_args(ShiftSettings, args),
         progress=not args.quiet,
     )
     out = res.save(out_dir(args, net))
