@@ -73,7 +73,18 @@ class LayerSummary:
 
 
 def layer_summaries(store: Store) -> list[LayerSummary]:
-    """One :class:`LayerSummary` per layer of a store, ordered by receptive-field size."""
+    """One :class:`LayerSummary` per layer of a store, ordered by receptive-field size.
+
+    Parameters
+    ----------
+    store : Store
+        An open sweep store.
+
+    Returns
+    -------
+    list of LayerSummary
+        Layers whose units record no image size (hence no receptive field) are left out.
+    """
     out = []
     for layer in store.layers():
         rows = store.rows(layer)
@@ -96,7 +107,19 @@ def layer_summaries(store: Store) -> list[LayerSummary]:
 def match_layers(
     a: list[LayerSummary], b: list[LayerSummary], max_ratio: float = 1.5
 ) -> list[tuple[LayerSummary, LayerSummary]]:
-    """Pair each layer of ``a`` with the layer of ``b`` whose RF size is closest (within ``max_ratio``)."""
+    """Pair each layer of ``a`` with the layer of ``b`` whose RF size is closest (within ``max_ratio``).
+
+    Parameters
+    ----------
+    a, b : list of LayerSummary
+    max_ratio : float
+        Largest ratio of the two receptive-field sizes for a pair.
+
+    Returns
+    -------
+    list of (LayerSummary, LayerSummary)
+        One pair per layer of ``a`` that has a match, in the order of ``a``.
+    """
     pairs = []
     for la in a:
         best = min(b, key=lambda lb: abs(math.log(lb.rf / la.rf)), default=None)
@@ -200,6 +223,17 @@ def _num(v) -> str:
 
 def compare_stores(dir_a: str | Path, dir_b: str | Path, *, max_ratio: float = 1.5) -> NetworkComparison:
     """Compare two sweep stores at RF-matched layers.
+
+    Parameters
+    ----------
+    dir_a, dir_b : str or Path
+        Sweep stores (``diversevis sweep --out DIR``).
+    max_ratio : float
+        Largest ratio of receptive-field sizes of a matched pair (see :func:`match_layers`).
+
+    Returns
+    -------
+    NetworkComparison
 
     Raises
     ------

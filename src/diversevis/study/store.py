@@ -48,7 +48,21 @@ CREATE TABLE IF NOT EXISTS units (
 
 
 def unit_dir(root: str | Path, layer: str, unit: int) -> Path:
-    """Folder of one unit's result files in the store at ``root`` (no index needed: for workers)."""
+    """Folder of one unit's result files in the store at ``root`` (no index needed: for workers).
+
+    Parameters
+    ----------
+    root : str or Path
+        The store directory.
+    layer : str
+        The layer's display name (as the store records it).
+    unit : int
+
+    Returns
+    -------
+    Path
+        ``root/<layer>/u<unit>``.
+    """
     return Path(root) / layer / f"u{int(unit)}"
 
 

@@ -232,8 +232,8 @@ def _expected(row: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [img for img in _IMAGES if need[img[0]]]
 
 
-def _unit_view(row: dict[str, Any], store_root: Path, out: Path, href: str, layer_href: str) -> UnitView:
-    folder = store_root / row["path"]
+def _unit_images(row: dict[str, Any], folder: Path, out: Path) -> tuple[dict[str, Image], list[str]]:
+    """The PNGs a unit's record implies, keyed ``sub/file``, and those missing or unreadable."""
     images: dict[str, Image] = {}
     missing: list[str] = []
     for sub, file, caption in _expected(row):
@@ -249,14 +249,11 @@ def _unit_view(row: dict[str, Any], store_root: Path, out: Path, href: str, laye
             width=size and size[0],
             height=size and size[1],
         )
-    metrics = row["metrics"]
-    cells: dict[str, Cell] = {}
-    for col in COLUMNS:
-        v = _num(metrics.get(col.key))
-        v = None if v is None else v * col.scale
-        cells[col.key] = Cell(_fmt(v), "" if v is None else repr(v))
-    f1f0 = _num(metrics.get("f1_f0"))
-    kind = "" if f1f0 is None else ("complex-like" if f1f0 < 1 else "simple-like")
+    return images, missing
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every metric of a unit as (label, text); scaled columns also show the stored value."""
     known = {c.key: c for c in COLUMNS}
     metric_rows = []
     for k, v in metrics.items():
@@ -267,6 +264,19 @@ def _unit_view(row: dict[str, Any], store_root: Path, out: Path, href: str, laye
             metric_rows.append((label, f"{_fmt(x * col.scale, 6)} ({_fmt(x, 6)} rad)"))
         else:
             metric_rows.append((label, _fmt(x, 6) if x is not None else _fmt_value(v)))
+    return metric_rows
+
+
+def _unit_view(row: dict[str, Any], store_root: Path, out: Path, href: str, layer_href: str) -> UnitView:
+    images, missing = _unit_images(row, store_root / row["path"], out)
+    metrics = row["metrics"]
+    cells: dict[str, Cell] = {}
+    for col in COLUMNS:
+        v = _num(metrics.get(col.key))
+        v = None if v is None else v * col.scale
+        cells[col.key] = Cell(_fmt(v), "" if v is None else repr(v))
+    f1f0 = _num(metrics.get("f1_f0"))
+    kind = "" if f1f0 is None else ("complex-like" if f1f0 < 1 else "simple-like")
     seconds = _num(row.get("seconds"))
     return UnitView(
         layer=row["layer"],
@@ -280,7 +290,7 @@ def _unit_view(row: dict[str, Any], store_root: Path, out: Path, href: str, laye
         finished=str(row.get("finished") or ""),
         metrics=metrics,
         spec_groups=_spec_groups(row["spec"]),
-        metric_rows=metric_rows,
+        metric_rows=_metric_rows(metrics),
         kind=kind,
     )
 
@@ -397,7 +407,13 @@ def write_report(store_dir: str | os.PathLike, out: str | os.PathLike | None = N
     root = root.resolve()
     dest = output_dir(root / REPORT_DIR if out is None else Path(out)).resolve()
     settings = settings if isinstance(settings, dict) else {}
+    layers = _layer_views(rows, root, dest)
+    context = _context(rows, settings, layers, root.name)
+    return _render_pages(dest, context, layers)
 
+
+def _layer_views(rows: list[dict[str, Any]], root: Path, dest: Path) -> list[LayerView]:
+    """One view per layer (in store order) with its units linked in order; writes its histograms."""
     layer_names = list(dict.fromkeys(r["layer"] for r in rows))
     slugs = _slugs(layer_names)
     layers: list[LayerView] = []
@@ -419,7 +435,13 @@ def write_report(store_dir: str | os.PathLike, out: str | os.PathLike | None = N
             atomic_write_bytes(png, _histogram_png(vals, f"{name}: {title}", xlabel, threshold))
             layer.histograms.append(Histogram(key, title, _url(png, dest), len(vals)))
         layers.append(layer)
+    return layers
 
+
+def _context(
+    rows: list[dict[str, Any]], settings: dict[str, Any], layers: list[LayerView], store_name: str
+) -> dict[str, Any]:
+    """What every page's template sees: model, settings, layers, units, table columns and counts."""
     all_units = [u for layer in layers for u in layer.units]
     present = {c.key for c in COLUMNS if any(u.cells[c.key].sort for u in all_units)}
     columns = [c for c in COLUMNS if c.key in present]
@@ -427,11 +449,11 @@ def write_report(store_dir: str | os.PathLike, out: str | os.PathLike | None = N
     model = settings.get("model") or next(
         (r["spec"].get("mei", {}).get("model") for r in rows if isinstance(r["spec"], dict)), None
     )
-    context = {
+    return {
         "version": __version__,
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": model or "unknown model",
-        "store_name": root.name,
+        "store_name": store_name,
         "settings": [(k, _fmt_value(v)) for k, v in settings.items()],
         "layers": layers,
         "all_units": all_units,
@@ -445,6 +467,9 @@ def write_report(store_dir: str | os.PathLike, out: str | os.PathLike | None = N
         },
     }
 
+
+def _render_pages(dest: Path, context: dict[str, Any], layers: list[LayerView]) -> Path:
+    """Write ``index.html``, one page per layer and one per unit; return the index."""
     env = _environment()
     index = dest / "index.html"
     atomic_write_text(index, env.get_template("index.html.j2").render(**context, page="index"))

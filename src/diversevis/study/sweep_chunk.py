@@ -1,0 +1,135 @@
+"""One chunk of a sweep: its units' MEIs and diverse sets in one batch each, then every unit's files.
+
+Shared by both backends of :func:`diversevis.study.sweep.sweep`: the local one calls :func:`_run_chunk`
+in this process, a Ray worker calls it in its own and sends the rows back to the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from diversevis.core.network import Network
+from diversevis.methods.dfv import diverse_units, mei_units
+from diversevis.study.store import unit_dir
+
+#: One chunk of the plan: (layer, display name, distance layer, units).
+Task = tuple[str, str, str | None, list[int]]
+
+#: A unit's index row: (layer display name, unit, metrics, spec, seconds).
+Row = tuple[str, int, dict[str, Any], dict[str, Any], float]
+
+
+def _run_chunk(
+    net: Network,
+    root: str | Path,
+    layer: str,
+    name: str,
+    chunk: list[int],
+    dl: str | None,
+    *,
+    tests,
+    n_images,
+    diversity,
+    contrast,
+    max_iter,
+    mei_restarts,
+    seed,
+    shift_stride,
+    images,
+    precision: str = "fp32",
+    run: dict[str, Any],
+    on_unit: Callable[[Row], None],
+) -> None:
+    """Optimise one chunk, write each unit's folder, then hand its index row to ``on_unit``."""
+    t0 = time.perf_counter()
+    meis = mei_units(
+        net,
+        layer,
+        chunk,
+        restarts=mei_restarts,
+        contrast=contrast,
+        max_iter=max_iter,
+        seed=seed,
+        images=images,
+        precision=precision,
+    )
+    divs = [None] * len(chunk)
+    if "dfv" in tests:
+        divs = diverse_units(
+            net,
+            layer,
+            chunk,
+            n_images=n_images,
+            diversity=diversity,
+            distance_layer=dl,
+            contrast=contrast,
+            max_iter=max_iter,
+            seed=seed,
+            mei=meis,
+            images=images,
+            precision=precision,
+        )
+    per_unit = (time.perf_counter() - t0) / len(chunk)
+    where = {**run, "pid": os.getpid(), "host": socket.gethostname(), "chunk": list(chunk)}
+    for u, m, d in zip(chunk, meis, divs):
+        t1 = time.perf_counter()
+        metrics, spec = _save_unit(
+            net, unit_dir(root, name, u), layer, u, m, d, tests=tests, contrast=contrast,
+            shift_stride=shift_stride, seed=seed, images=images, where=where,
+        )  # fmt: skip
+        on_unit((name, u, metrics, spec, per_unit + time.perf_counter() - t1))
+
+
+def _save_unit(
+    net: Network,
+    folder: Path,
+    layer: str,
+    u: int,
+    m,
+    d,
+    *,
+    tests,
+    contrast,
+    shift_stride,
+    seed,
+    images,
+    where,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write one unit's MEI and diverse set, run its phase and shift tests; return its metrics and spec."""
+    m.save(folder / "mei")
+    metrics: dict[str, Any] = {"mei_activation": m.mei_activation}
+    spec: dict[str, Any] = {"mei": m.spec, "sweep": where}
+    # A unit that no image drives above zero has no meaningful ratios to its MEI: its folder and MEI
+    # are kept, it is flagged, and the tests that divide by the MEI are skipped.
+    responsive = m.mei_activation is not None and m.mei_activation > 0
+    if not responsive:
+        metrics["unresponsive"] = True
+    if d is not None:
+        d.save(folder / "diverse")
+        dm = d.metrics()
+        metrics.update(dfv_min_distance=dm["min_distance"], dfv_mean_distance=dm["mean_distance"])
+        if responsive:
+            metrics.update(dfv_mean_ratio=dm["mean_ratio"], dfv_min_ratio=dm["min_ratio"])
+        spec["diverse"] = d.spec
+    if not responsive:
+        spec["skipped"] = "MEI activation <= 0: ratio-based tests skipped"
+    elif "phase" in tests:
+        from diversevis.methods.phase import phase_test
+
+        ph = phase_test(net, layer, u, contrast=contrast, images=images, mei=m)
+        ph.save(folder / "phase")
+        metrics.update(f1_f0=ph.f1_f0, orientation=ph.orientation, frequency=ph.frequency)
+    if "shift" in tests and responsive:
+        from diversevis.methods.shift import shift_test
+
+        # at least two crop offsets per axis, whatever the requested stride
+        stride = max(1, min(shift_stride, (m.spec["image_size"] - 2) // 2))
+        st = shift_test(net, layer, u, contrast=contrast, stride=stride, seed=seed, mei=m, images=images)
+        st.save(folder / "shift")
+        metrics.update(shift_mean_ratio=st.mean_ratio, shift_min_ratio=st.min_ratio)
+    return metrics, spec
