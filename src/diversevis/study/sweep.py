@@ -46,16 +46,15 @@ from torch import nn
 
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
-from diversevis.core.precision import check_precision
 from diversevis.core.units import parse_units
 from diversevis.methods.dfv import _prepare
 from diversevis.study.store import Store
 from diversevis.study.sweep_chunk import Task, _run_chunk
 from diversevis.study.sweep_ray import _import_ray, _sweep_ray
+from diversevis.study.sweep_settings import TESTS, SweepSettings
 
-__all__ = ["parse_units", "auto_distance_layer", "sweep", "TESTS", "BACKENDS"]
+__all__ = ["parse_units", "auto_distance_layer", "sweep", "SweepSettings", "TESTS", "BACKENDS"]
 
-TESTS = ("dfv", "phase", "shift")
 BACKENDS = ("local", "ray")
 
 
@@ -156,23 +155,24 @@ def sweep(
     -------
     Store
     """
-    _check_arguments(tests, batch_units, backend, workers, ray_address, worker_threads)
+    _check_arguments(batch_units, backend, workers, ray_address, worker_threads)
     net = _prepare(model, device)
     for layer in layers:
         net.resolve(layer)
-    settings = _sweep_settings(
-        net,
+    settings = SweepSettings(
+        tests=tuple(tests),
         n_images=n_images,
         diversity=diversity,
         distance_layer=distance_layer,
         contrast=contrast,
         max_iter=max_iter,
-        seed=seed,
         mei_restarts=mei_restarts,
+        seed=seed,
         shift_stride=shift_stride,
+        images=images,
         precision=precision,
     )
-    store = _open_store(out, settings, force)
+    store = _open_store(out, settings.stored(net.spec or net.name), force)
     tasks = _plan(
         net,
         store,
@@ -183,18 +183,6 @@ def sweep(
         distance_layer=distance_layer,
         batch_units=batch_units,
     )
-    kw = dict(
-        tests=tuple(tests),
-        n_images=n_images,
-        diversity=diversity,
-        contrast=contrast,
-        max_iter=max_iter,
-        mei_restarts=mei_restarts,
-        seed=seed,
-        shift_stride=shift_stride,
-        images=images,
-        precision=precision,
-    )
     bar = _progress_bar(progress, total=sum(len(t[3]) for t in tasks))
     try:
         if backend == "ray":
@@ -203,7 +191,7 @@ def sweep(
                     net,
                     store,
                     tasks,
-                    kw,
+                    settings,
                     workers=workers,
                     address=ray_address,
                     threads=worker_threads,
@@ -211,7 +199,7 @@ def sweep(
                     bar=bar,
                 )
         else:
-            _sweep_local(net, store, tasks, kw, bar)
+            _sweep_local(net, store, tasks, settings, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -219,7 +207,6 @@ def sweep(
 
 
 def _check_arguments(
-    tests: Sequence[str],
     batch_units: int,
     backend: str,
     workers: int | None,
@@ -237,41 +224,8 @@ def _check_arguments(
         raise DiversevisError(f"worker_threads must be >= 1, got {worker_threads}")
     if backend == "ray":
         _import_ray()  # fail fast, before loading or optimising anything
-    unknown = [t for t in tests if t not in TESTS]
-    if unknown:
-        raise DiversevisError(f"unknown tests {unknown}; choose from {', '.join(TESTS)}")
     if batch_units < 1:
         raise DiversevisError(f"batch_units must be >= 1, got {batch_units}")
-
-
-def _sweep_settings(
-    net: Network,
-    *,
-    n_images: int,
-    diversity: float,
-    distance_layer: str | None,
-    contrast: float,
-    max_iter: int,
-    seed: int,
-    mei_restarts: int,
-    shift_stride: int,
-    precision: str,
-) -> dict[str, Any]:
-    """The settings a sweep stores and a resumed sweep must match (``store.get_meta("settings")``)."""
-    settings = {
-        "model": net.spec or net.name,
-        "n_images": n_images,
-        "diversity": diversity,
-        "distance_layer": distance_layer,
-        "contrast": contrast,
-        "max_iter": max_iter,
-        "seed": seed,
-        "mei_restarts": mei_restarts,
-        "shift_stride": shift_stride,
-    }
-    if check_precision(precision) != "fp32":  # absent for fp32, so stores from before still resume
-        settings["precision"] = precision
-    return settings
 
 
 def _open_store(out: str | Path, settings: dict[str, Any], force: bool) -> Store:
@@ -330,7 +284,7 @@ def _progress_bar(progress: bool, total: int):
     return tqdm(total=total, desc="sweep", unit="unit", dynamic_ncols=True)
 
 
-def _sweep_local(net: Network, store: Store, tasks: list[Task], kw: dict[str, Any], bar) -> None:
+def _sweep_local(net: Network, store: Store, tasks: list[Task], settings: SweepSettings, bar) -> None:
     """Run the chunks one after the other in this process, recording each unit as it finishes."""
     run = {"backend": "local", "workers": 1}
     for layer, name, dl, chunk in tasks:
@@ -342,4 +296,4 @@ def _sweep_local(net: Network, store: Store, tasks: list[Task], kw: dict[str, An
             if bar is not None:
                 bar.update(1)
 
-        _run_chunk(net, store.root, layer, name, chunk, dl, run=run, on_unit=on_unit, **kw)
+        _run_chunk(net, store.root, layer, name, chunk, dl, settings, run=run, on_unit=on_unit)

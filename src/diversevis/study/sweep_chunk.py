@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from diversevis.core.network import Network
-from diversevis.methods.dfv import diverse_units, mei_units
+from diversevis.methods.dfv_units import run_diverse_units, run_mei_units
 from diversevis.study.store import unit_dir
+from diversevis.study.sweep_settings import SweepSettings
 
 #: One chunk of the plan: (layer, display name, distance layer, units).
 Task = tuple[str, str, str | None, list[int]]
@@ -31,57 +32,22 @@ def _run_chunk(
     name: str,
     chunk: list[int],
     dl: str | None,
+    settings: SweepSettings,
     *,
-    tests,
-    n_images,
-    diversity,
-    contrast,
-    max_iter,
-    mei_restarts,
-    seed,
-    shift_stride,
-    images,
-    precision: str = "fp32",
     run: dict[str, Any],
     on_unit: Callable[[Row], None],
 ) -> None:
     """Optimise one chunk, write each unit's folder, then hand its index row to ``on_unit``."""
     t0 = time.perf_counter()
-    meis = mei_units(
-        net,
-        layer,
-        chunk,
-        restarts=mei_restarts,
-        contrast=contrast,
-        max_iter=max_iter,
-        seed=seed,
-        images=images,
-        precision=precision,
-    )
+    meis = run_mei_units(net, layer, chunk, settings.mei_settings())
     divs = [None] * len(chunk)
-    if "dfv" in tests:
-        divs = diverse_units(
-            net,
-            layer,
-            chunk,
-            n_images=n_images,
-            diversity=diversity,
-            distance_layer=dl,
-            contrast=contrast,
-            max_iter=max_iter,
-            seed=seed,
-            mei=meis,
-            images=images,
-            precision=precision,
-        )
+    if "dfv" in settings.tests:
+        divs = run_diverse_units(net, layer, chunk, settings.diverse_settings(dl), mei=meis)
     per_unit = (time.perf_counter() - t0) / len(chunk)
     where = {**run, "pid": os.getpid(), "host": socket.gethostname(), "chunk": list(chunk)}
     for u, m, d in zip(chunk, meis, divs):
         t1 = time.perf_counter()
-        metrics, spec = _save_unit(
-            net, unit_dir(root, name, u), layer, u, m, d, tests=tests, contrast=contrast,
-            shift_stride=shift_stride, seed=seed, images=images, where=where,
-        )  # fmt: skip
+        metrics, spec = _save_unit(net, unit_dir(root, name, u), layer, u, m, d, settings, where)
         on_unit((name, u, metrics, spec, per_unit + time.perf_counter() - t1))
 
 
@@ -92,13 +58,8 @@ def _save_unit(
     u: int,
     m,
     d,
-    *,
-    tests,
-    contrast,
-    shift_stride,
-    seed,
-    images,
-    where,
+    settings: SweepSettings,
+    where: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write one unit's MEI and diverse set, run its phase and shift tests; return its metrics and spec."""
     m.save(folder / "mei")
@@ -118,18 +79,18 @@ def _save_unit(
         spec["diverse"] = d.spec
     if not responsive:
         spec["skipped"] = "MEI activation <= 0: ratio-based tests skipped"
-    elif "phase" in tests:
+    elif "phase" in settings.tests:
         from diversevis.methods.phase import phase_test
 
-        ph = phase_test(net, layer, u, contrast=contrast, images=images, mei=m)
+        ph = phase_test(net, layer, u, contrast=settings.contrast, images=settings.images, mei=m)
         ph.save(folder / "phase")
         metrics.update(f1_f0=ph.f1_f0, orientation=ph.orientation, frequency=ph.frequency)
-    if "shift" in tests and responsive:
-        from diversevis.methods.shift import shift_test
+    if "shift" in settings.tests and responsive:
+        from diversevis.methods.shift import run_shift_test
 
         # at least two crop offsets per axis, whatever the requested stride
-        stride = max(1, min(shift_stride, (m.spec["image_size"] - 2) // 2))
-        st = shift_test(net, layer, u, contrast=contrast, stride=stride, seed=seed, mei=m, images=images)
+        stride = max(1, min(settings.shift_stride, (m.spec["image_size"] - 2) // 2))
+        st = run_shift_test(net, layer, u, None, "max", settings.shift_settings(stride), mei=m)
         st.save(folder / "shift")
         metrics.update(shift_mean_ratio=st.mean_ratio, shift_min_ratio=st.min_ratio)
     return metrics, spec

@@ -20,6 +20,7 @@ from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.study.store import Store
 from diversevis.study.sweep_chunk import Row, Task, _run_chunk
+from diversevis.study.sweep_settings import SweepSettings
 
 
 def _import_ray():
@@ -84,13 +85,17 @@ class _Worker:
     def ready(self) -> tuple[int, str | None]:
         return os.getpid(), self.error
 
-    def run(self, layer: str, name: str, dl: str | None, chunk: list[int], kw: dict[str, Any]) -> list[Row]:
+    def run(
+        self, layer: str, name: str, dl: str | None, chunk: list[int], settings: SweepSettings
+    ) -> list[Row]:
         rows: list[Row] = []
-        _run_chunk(self.net, self.root, layer, name, chunk, dl, run=self.run_info, on_unit=rows.append, **kw)
+        _run_chunk(
+            self.net, self.root, layer, name, chunk, dl, settings, run=self.run_info, on_unit=rows.append
+        )
         return rows
 
 
-def _sweep_ray(net, store, tasks, kw, *, workers, address, threads, device, bar) -> None:
+def _sweep_ray(net, store, tasks, settings: SweepSettings, *, workers, address, threads, device, bar) -> None:
     """Run ``tasks`` on Ray actors, merging their rows into ``store``'s index as they finish."""
     ray = _import_ray()
     started = _init_ray(ray, address, workers)
@@ -105,10 +110,10 @@ def _sweep_ray(net, store, tasks, kw, *, workers, address, threads, device, bar)
             )
         dev = torch.device(device) if device is not None else net.device
         root = str(store.root.resolve())  # workers may run elsewhere (another cwd, another node)
-        if kw["images"] is not None:
-            kw = {**kw, "images": str(Path(kw["images"]).resolve())}
-        _start_actors(ray, actors, net, n, root=root, dev=dev, threads=threads, images=kw["images"])
-        _run_on_actors(ray, actors, tasks, kw, store, bar)
+        if settings.images is not None:
+            settings = settings.replace(images=str(Path(settings.images).resolve()))
+        _start_actors(ray, actors, net, n, root=root, dev=dev, threads=threads, images=settings.images)
+        _run_on_actors(ray, actors, tasks, settings, store, bar)
     finally:
         for a in actors:
             ray.kill(a)
@@ -172,7 +177,7 @@ def _start_actors(
         start(("object", ref, None))
 
 
-def _run_on_actors(ray, actors: list, tasks: list[Task], kw: dict[str, Any], store: Store, bar) -> None:
+def _run_on_actors(ray, actors: list, tasks: list[Task], settings: SweepSettings, store: Store, bar) -> None:
     """Hand the chunks to idle actors one at a time; record each chunk's rows (driver only) as it returns."""
     queue = deque(tasks)
     idle = list(actors)
@@ -183,7 +188,7 @@ def _run_on_actors(ray, actors: list, tasks: list[Task], kw: dict[str, Any], sto
             actor = idle.pop()
             task = queue.popleft()
             layer, name, dl, chunk = task
-            pending[actor.run.remote(layer, name, dl, chunk, kw)] = (actor, task)
+            pending[actor.run.remote(layer, name, dl, chunk, settings)] = (actor, task)
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             actor, (_, name, _, chunk) = pending.pop(ref)

@@ -1,0 +1,100 @@
+"""What a sweep computes for every unit, declared once: :class:`SweepSettings`.
+
+A sweep stores its settings (:meth:`SweepSettings.stored`) and a resumed sweep must match them; every
+chunk derives the per-method settings from them (:meth:`~SweepSettings.mei_settings`,
+:meth:`~SweepSettings.diverse_settings`, :meth:`~SweepSettings.shift_settings`), so the MEI, the diverse
+set and the tests of every unit run with the same contrast, seed and loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from diversevis.core.errors import DiversevisError
+from diversevis.core.precision import check_precision
+from diversevis.core.settings import Settings
+from diversevis.methods.settings import DiverseSettings, MEISettings, ShiftSettings
+
+__all__ = ["SweepSettings", "TESTS"]
+
+TESTS = ("dfv", "phase", "shift")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings(Settings):
+    """The per-unit work of a sweep.
+
+    ``tests`` are the analyses besides the MEI (``dfv``, ``phase``, ``shift``); ``n_images`` and
+    ``diversity`` the DFV set; ``distance_layer`` ``"auto"`` (the previous block's last conv), a layer
+    or ``None`` (pixels); ``shift_stride`` the shift test's crop step (capped per layer so that at least
+    two crops remain); the rest as :class:`~diversevis.methods.settings.DiverseSettings`.
+    """
+
+    tests: tuple[str, ...] = ("dfv", "phase")
+    n_images: int = 6
+    diversity: float = 0.01
+    distance_layer: str | None = "auto"
+    contrast: float = 0.5
+    max_iter: int = 1000
+    mei_restarts: int = 4
+    seed: int = 0
+    shift_stride: int = 1
+    images: str | Path | None = None
+    precision: str = "fp32"
+
+    def check(self) -> None:
+        unknown = [t for t in self.tests if t not in TESTS]
+        if unknown:
+            raise DiversevisError(f"unknown tests {unknown}; choose from {', '.join(TESTS)}")
+        check_precision(self.precision)
+
+    def stored(self, model: str) -> dict[str, Any]:
+        """The settings a sweep stores and a resumed sweep must match (``store.get_meta("settings")``).
+
+        The tests and the natural-image folder are not part of it (a sweep may add a test later), and
+        ``precision`` is absent for fp32, so that stores written before it existed still resume.
+        """
+        settings = {
+            "model": model,
+            "n_images": self.n_images,
+            "diversity": self.diversity,
+            "distance_layer": self.distance_layer,
+            "contrast": self.contrast,
+            "max_iter": self.max_iter,
+            "seed": self.seed,
+            "mei_restarts": self.mei_restarts,
+            "shift_stride": self.shift_stride,
+        }
+        if check_precision(self.precision) != "fp32":
+            settings["precision"] = self.precision
+        return settings
+
+    def mei_settings(self) -> MEISettings:
+        """Every unit's MEI."""
+        return MEISettings(
+            restarts=self.mei_restarts,
+            contrast=self.contrast,
+            max_iter=self.max_iter,
+            seed=self.seed,
+            images=self.images,
+            precision=self.precision,
+        )
+
+    def diverse_settings(self, distance_layer: str | None) -> DiverseSettings:
+        """Every unit's diverse set, with the layer's resolved ``distance_layer``."""
+        return DiverseSettings(
+            n_images=self.n_images,
+            diversity=self.diversity,
+            distance_layer=distance_layer,
+            contrast=self.contrast,
+            max_iter=self.max_iter,
+            seed=self.seed,
+            images=self.images,
+            precision=self.precision,
+        )
+
+    def shift_settings(self, stride: int) -> ShiftSettings:
+        """A unit's shift test at ``stride`` (the sweep's stride capped for the unit's field)."""
+        return ShiftSettings(contrast=self.contrast, stride=stride, seed=self.seed, images=self.images)
