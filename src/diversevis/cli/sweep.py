@@ -12,8 +12,10 @@ from diversevis.cli.common import (
     load,
     nonneg_float,
     positive_int,
+    settings_from_args,
 )
 from diversevis.core.errors import DiversevisError
+from diversevis.study.sweep_settings import SweepSettings
 
 __all__ = ["COMMANDS", "add_parser", "run"]
 
@@ -108,29 +110,22 @@ def run(args: argparse.Namespace) -> int:
     net = load(args)
     dl = None if args.distance_layer in ("pixels", "none") else args.distance_layer
     t0 = time.perf_counter()
+    settings = settings_from_args(
+        SweepSettings, args, distance_layer=dl, tests=tuple(t for t in args.tests.split(",") if t)
+    )
     store = sweep(
         net,
         [x for x in args.layers.split(",") if x],
         args.units,
         out=args.out,
-        n_images=args.images,
-        diversity=args.diversity,
-        distance_layer=dl,
-        tests=[t for t in args.tests.split(",") if t],
-        shift_stride=args.shift_stride,
+        **settings.as_dict(),
         batch_units=args.batch_units,
-        contrast=args.contrast,
-        max_iter=args.max_iter,
-        mei_restarts=args.mei_restarts,
-        seed=args.seed,
         force=args.force,
-        images=args.naturals,
         progress=not args.quiet,
         backend=args.backend,
         workers=args.workers,
         ray_address=args.ray_address,
         worker_threads=args.worker_threads,
-        precision=args.precision,
     )
     rows = store.rows()
     print(f"{len(rows)} units done in {args.out} ({time.perf_counter() - t0:.1f}s this run)")
