@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -111,3 +112,15 @@ def test_old_submodule_as_package_attribute():
     from diversevis.study import sweep
 
     assert old is sweep
+
+
+def test_architecture_doc_names_every_module():
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    missing = [
+        str(p.relative_to(SRC))
+        for p in sorted(SRC.rglob("*.py"))
+        if p.parent != SRC
+        and p.name not in ("__init__.py", "__main__.py")
+        and not re.search(rf"(?<!\w){re.escape(p.name)}`", doc)
+    ]
+    assert missing == [], "docs/architecture.md should say what these modules are for"
