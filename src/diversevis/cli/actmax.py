@@ -13,8 +13,13 @@ from diversevis.cli.common import (
     out_dir,
     positive_float,
     positive_int,
+    settings_from_args,
 )
 from diversevis.core.errors import DiversevisError
+from diversevis.methods.classic.actmax import ActmaxSettings
+
+#: The defaults of the flags (the method's own).
+_D = ActmaxSettings
 
 
 def _scale_range(s: str) -> tuple[float, float]:
@@ -47,58 +52,80 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=None,
         help="channel or class index (may be omitted for 1-unit layers)",
     )
-    p.add_argument("--images", "-n", type=positive_int, default=1, help="number of images (default: 1)")
-    p.add_argument("--size", type=positive_int, default=128, help="image side in pixels (default: 128)")
+    p.add_argument(
+        "--images",
+        "-n",
+        type=positive_int,
+        default=_D.n_images,
+        help=f"number of images (default: {_D.n_images})",
+    )
+    p.add_argument(
+        "--size", type=positive_int, default=_D.size, help=f"image side in pixels (default: {_D.size})"
+    )
     p.add_argument(
         "--objective",
         choices=["center", "channel"],
-        default="center",
-        help="conv layers: the centre unit, or the channel mean over positions (default: center)",
+        default=_D.objective,
+        help=f"conv layers: the centre unit, or the channel mean over positions (default: {_D.objective})",
     )
     p.add_argument("--pixels", action="store_true", help="pixel parametrisation instead of FFT")
     p.add_argument(
-        "--decay-power", type=nonneg_float, default=1.0, help="FFT spectrum fall-off 1/f^d (default: 1)"
+        "--decay-power",
+        type=nonneg_float,
+        default=_D.decay_power,
+        help=f"FFT spectrum fall-off 1/f^d (default: {_D.decay_power:g})",
     )
     p.add_argument("--no-decorrelate", action="store_true", help="no colour decorrelation")
     p.add_argument(
         "--constraint",
         choices=["sigmoid", "norm"],
-        default="sigmoid",
-        help="map to [0, 1] by a sigmoid, or by the paper's fixed L2 contrast (default: sigmoid)",
+        default=_D.constraint,
+        help=f"map to [0, 1] by a sigmoid, or by the paper's fixed L2 contrast (default: {_D.constraint})",
     )
     p.add_argument(
         "--contrast",
         type=positive_float,
-        default=0.5,
-        help="--constraint norm: fraction of the mean natural-patch norm (default: 0.5)",
+        default=_D.contrast,
+        help=f"--constraint norm: fraction of the mean natural-patch norm (default: {_D.contrast})",
     )
-    p.add_argument("--norm", type=positive_float, default=None, help="--constraint norm: absolute L2 norm")
+    p.add_argument("--norm", type=positive_float, default=_D.norm, help="--constraint norm: absolute L2 norm")
     _add_transform_args(p)
     p.add_argument(
-        "--l1", type=nonneg_float, default=0.0, help="weight of the L1 distance from grey (default: 0)"
+        "--l1",
+        type=nonneg_float,
+        default=_D.l1,
+        help=f"weight of the L1 distance from grey (default: {_D.l1:g})",
     )
-    p.add_argument("--tv", type=nonneg_float, default=0.0, help="weight of the total variation (default: 0)")
+    p.add_argument(
+        "--tv", type=nonneg_float, default=_D.tv, help=f"weight of the total variation (default: {_D.tv:g})"
+    )
     p.add_argument(
         "--redirect-relu",
         type=nonneg_int,
-        default=0,
+        default=_D.redirect_relu,
         metavar="K",
-        help="redirected ReLU gradients for the first K steps (for units that stay grey; default: 0 = off)",
+        help="redirected ReLU gradients for the first K steps "
+        f"(for units that stay grey; default: {_D.redirect_relu} = off)",
     )
     p.add_argument(
         "--lr",
         type=positive_float,
-        default=0.1,
-        help="Adam learning rate, about the pixel change per step (default: 0.1)",
+        default=_D.lr,
+        help=f"Adam learning rate, about the pixel change per step (default: {_D.lr})",
     )
-    p.add_argument("--max-iter", type=positive_int, default=512, help="maximum iterations (default: 512)")
+    p.add_argument(
+        "--max-iter",
+        type=positive_int,
+        default=_D.max_iter,
+        help=f"maximum iterations (default: {_D.max_iter})",
+    )
     p.add_argument(
         "--patience",
         type=nonneg_int,
-        default=100,
-        help="early stopping: iterations without EMA-loss improvement (default: 100; 0 disables)",
+        default=_D.patience,
+        help=f"early stopping: iterations without EMA-loss improvement (default: {_D.patience}; 0 disables)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=int, default=_D.seed, help=f"random seed (default: {_D.seed})")
     add_out_args(p)
     return p
 
@@ -106,51 +133,39 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def _add_transform_args(p: argparse.ArgumentParser) -> None:
     """Add the random transforms' arguments (``--no-transforms`` to ``--rotate``) to ``p``."""
     p.add_argument("--no-transforms", action="store_true", help="no random pad/jitter/scale/rotate")
-    p.add_argument("--pad", type=nonneg_int, default=12, help="grey padding in pixels (default: 12)")
-    p.add_argument("--jitter", type=nonneg_int, default=8, help="maximum shift in pixels (default: 8)")
     p.add_argument(
-        "--scale", type=_scale_range, default=(0.9, 1.1), help="scale range LO,HI (default: 0.9,1.1)"
+        "--pad", type=nonneg_int, default=_D.pad, help=f"grey padding in pixels (default: {_D.pad})"
     )
     p.add_argument(
-        "--rotate", type=nonneg_float, default=10.0, help="maximum rotation in degrees (default: 10)"
+        "--jitter", type=nonneg_int, default=_D.jitter, help=f"maximum shift in pixels (default: {_D.jitter})"
+    )
+    lo, hi = _D.scale
+    p.add_argument(
+        "--scale", type=_scale_range, default=_D.scale, help=f"scale range LO,HI (default: {lo},{hi})"
+    )
+    p.add_argument(
+        "--rotate",
+        type=nonneg_float,
+        default=_D.rotate,
+        help=f"maximum rotation in degrees (default: {_D.rotate:g})",
     )
 
 
 def run(args) -> int:
     """Handle ``diversevis actmax``."""
-    from diversevis.methods.classic.actmax import actmax
+    from diversevis.methods.classic.actmax import run_actmax
 
     net = load(args)
     if args.norm is not None and args.constraint != "norm":
         raise DiversevisError("--norm applies to --constraint norm only")
-    res = actmax(
-        net,
-        args.layer,
-        args.unit,
-        n_images=args.images,
-        size=args.size,
-        objective=args.objective,
+    settings = settings_from_args(
+        ActmaxSettings,
+        args,
         fft=not args.pixels,
-        decay_power=args.decay_power,
         decorrelate=not args.no_decorrelate,
-        constraint=args.constraint,
-        contrast=args.contrast,
-        norm=args.norm,
         transforms=not args.no_transforms,
-        pad=args.pad,
-        jitter=args.jitter,
-        scale=args.scale,
-        rotate=args.rotate,
-        l1=args.l1,
-        tv=args.tv,
-        redirect_relu=args.redirect_relu,
-        lr=args.lr,
-        max_iter=args.max_iter,
-        patience=args.patience,
-        seed=args.seed,
-        images=args.naturals,
-        progress=not args.quiet,
     )
+    res = run_actmax(net, args.layer, args.unit, settings, progress=not args.quiet)
     if args.unit is None:
         args.unit = res.spec["unit"]
     out = res.save(out_dir(args, net))

@@ -13,7 +13,12 @@ from diversevis.cli.common import (
     nonneg_int,
     positive_float,
     positive_int,
+    settings_from_args,
 )
+from diversevis.methods.classic.inversion import InversionSettings
+
+#: The defaults of the flags (the method's own, except ``--size``).
+_D = InversionSettings
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -41,30 +46,47 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="resize the shorter side and crop the centre square (default: 128; 0 keeps the image as is)",
     )
     p.add_argument(
-        "--alpha", type=positive_float, default=6.0, help="exponent of the range prior (default: 6)"
+        "--alpha",
+        type=positive_float,
+        default=_D.alpha,
+        help=f"exponent of the range prior (default: {_D.alpha:g})",
     )
-    p.add_argument("--beta", type=positive_float, default=2.0, help="exponent of the TV prior (default: 2)")
     p.add_argument(
-        "--lambda-alpha", type=nonneg_float, default=1e-5, help="weight of the range prior (default: 1e-5)"
+        "--beta",
+        type=positive_float,
+        default=_D.beta,
+        help=f"exponent of the TV prior (default: {_D.beta:g})",
+    )
+    # the help writes the prior weights as 1e-5 and 1e-3 (Python's str gives 1e-05 and 0.001)
+    p.add_argument(
+        "--lambda-alpha",
+        type=nonneg_float,
+        default=_D.lambda_alpha,
+        help="weight of the range prior (default: 1e-5)",
     )
     p.add_argument(
         "--lambda-tv",
         type=nonneg_float,
-        default=1e-3,
+        default=_D.lambda_tv,
         help="weight of the TV prior (default: 1e-3; deeper layers need more)",
     )
-    p.add_argument("--lr", type=positive_float, default=0.05, help="Adam learning rate (default: 0.05)")
-    p.add_argument("--max-iter", type=positive_int, default=500, help="maximum iterations (default: 500)")
+    p.add_argument("--lr", type=positive_float, default=_D.lr, help=f"Adam learning rate (default: {_D.lr})")
+    p.add_argument(
+        "--max-iter",
+        type=positive_int,
+        default=_D.max_iter,
+        help=f"maximum iterations (default: {_D.max_iter})",
+    )
     p.add_argument(
         "--patience",
         type=nonneg_int,
-        default=100,
-        help="early stopping: iterations without EMA-loss improvement (default: 100; 0 disables)",
+        default=_D.patience,
+        help=f"early stopping: iterations without EMA-loss improvement (default: {_D.patience}; 0 disables)",
     )
     p.add_argument(
         "--no-precondition", action="store_true", help="disable the 1/sqrt(f) gradient preconditioner"
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=int, default=_D.seed, help=f"random seed (default: {_D.seed})")
     add_out_args(p)
     return p
 
@@ -79,25 +101,11 @@ def _default_out(args, net) -> Path:
 
 def run(args) -> int:
     """Handle ``diversevis invert``."""
-    from diversevis.methods.classic.inversion import invert
+    from diversevis.methods.classic.inversion import run_invert
 
     net = load(args)
-    res = invert(
-        net,
-        args.layer,
-        args.image,
-        size=args.size or None,
-        alpha=args.alpha,
-        beta=args.beta,
-        lambda_alpha=args.lambda_alpha,
-        lambda_tv=args.lambda_tv,
-        precondition=not args.no_precondition,
-        lr=args.lr,
-        max_iter=args.max_iter,
-        patience=args.patience,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    settings = settings_from_args(InversionSettings, args, size=args.size or None)
+    res = run_invert(net, args.layer, args.image, settings, progress=not args.quiet)
     out = res.save(_default_out(args, net))
     s = res.spec
     h, w = s["image_size"]

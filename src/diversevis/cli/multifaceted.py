@@ -18,7 +18,12 @@ from diversevis.cli.common import (
     out_dir,
     positive_float,
     positive_int,
+    settings_from_args,
 )
+from diversevis.methods.classic.multifaceted_settings import MultifacetedSettings
+
+#: The defaults of the flags (the method's own, except ``--max-iter``).
+_D = MultifacetedSettings
 
 __all__ = ["COMMANDS", "add_parser", "run"]
 
@@ -38,16 +43,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--layer", "-l", required=True, help="layer alias (conv4_3) or dot path (features.21)")
     p.add_argument("--unit", "-u", type=nonneg_int, required=True, help="channel index of the unit")
     p.add_argument(
-        "--k", type=positive_int, default=4, help="number of facets (k-means clusters; default: 4)"
+        "--k", type=positive_int, default=_D.k, help=f"number of facets (k-means clusters; default: {_D.k})"
     )
-    p.add_argument("--top", type=positive_int, default=128, help="top patches clustered (default: 128)")
     p.add_argument(
-        "--candidates", type=positive_int, default=2048, help="random natural patches scored (default: 2048)"
+        "--top", type=positive_int, default=_D.top, help=f"top patches clustered (default: {_D.top})"
+    )
+    p.add_argument(
+        "--candidates",
+        type=positive_int,
+        default=_D.candidates,
+        help=f"random natural patches scored (default: {_D.candidates})",
     )
     p.add_argument(
         "--patch-size",
         type=positive_int,
-        default=None,
+        default=_D.patch_size,
         help="patch and image side in pixels (default: the unit's receptive-field size)",
     )
     p.add_argument(
@@ -56,90 +66,80 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="give every patch the DFV contrast before scoring (receptive-field size only)",
     )
     p.add_argument(
-        "--embed-layer", default=None, help="layer whose features are clustered, or pixels (default: --layer)"
+        "--embed-layer",
+        default=_D.embed_layer,
+        help="layer whose features are clustered, or pixels (default: --layer)",
     )
     p.add_argument(
         "--pool",
         choices=["mean", "max", "flatten"],
-        default="mean",
-        help="spatial pooling of the embedding (default: mean)",
+        default=_D.pool,
+        help=f"spatial pooling of the embedding (default: {_D.pool})",
     )
     p.add_argument(
         "--no-normalize", action="store_true", help="cluster raw embeddings instead of unit-norm ones"
     )
     p.add_argument(
-        "--pca", type=positive_int, default=None, help="PCA components before k-means (default: none)"
+        "--pca", type=positive_int, default=_D.pca, help="PCA components before k-means (default: none)"
     )
     p.add_argument(
         "--n-mean",
         type=positive_int,
-        default=15,
-        help="members closest to the centroid averaged into the start image (default: 15, as the paper)",
+        default=_D.n_mean,
+        help=f"members closest to the centroid averaged into the start image (default: {_D.n_mean}, as the paper)",
     )
     _add_optim_args(p)
     p.add_argument("--show", type=positive_int, default=6, help="members shown per facet row (default: 6)")
-    p.add_argument("--batch", type=positive_int, default=64, help="patches per forward pass (default: 64)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--batch", type=positive_int, default=_D.batch, help=f"patches per forward pass (default: {_D.batch})"
+    )
+    p.add_argument("--seed", type=nonneg_int, default=_D.seed, help=f"random seed (default: {_D.seed})")
     add_out_args(p)
     return p
 
 
 def _add_optim_args(p: argparse.ArgumentParser) -> None:
     """Add the facet images' optimisation arguments (``--lr`` to ``--window``) to ``p``."""
-    p.add_argument("--lr", type=positive_float, default=0.02, help="Adam learning rate (default: 0.02)")
+    p.add_argument("--lr", type=positive_float, default=_D.lr, help=f"Adam learning rate (default: {_D.lr})")
+    # the command's default is half the function's (max_iter=200): a shorter schedule from the command line
     p.add_argument("--max-iter", type=positive_int, default=100, help="iterations (default: 100)")
     p.add_argument(
-        "--patience", type=nonneg_int, default=0, help="early-stopping patience (default: 0 = off)"
+        "--patience",
+        type=nonneg_int,
+        default=_D.patience,
+        help=f"early-stopping patience (default: {_D.patience} = off)",
     )
-    p.add_argument("--tv", type=nonneg_float, default=2.0, help="total-variation weight (default: 2.0)")
+    p.add_argument(
+        "--tv", type=nonneg_float, default=_D.tv, help=f"total-variation weight (default: {_D.tv})"
+    )
     p.add_argument(
         "--facet-weight",
         type=nonneg_float,
-        default=0.0,
-        help="weight of a term keeping each image in its facet's embedding direction (default: 0, the paper)",
+        default=_D.facet_weight,
+        help="weight of a term keeping each image in its facet's embedding direction "
+        f"(default: {_D.facet_weight:g}, the paper)",
     )
     p.add_argument(
-        "--jitter", type=nonneg_int, default=None, help="jitter margin in pixels (default: size/16; 0 = off)"
+        "--jitter",
+        type=nonneg_int,
+        default=_D.jitter,
+        help="jitter margin in pixels (default: size/16; 0 = off)",
     )
     p.add_argument(
         "--window",
         type=nonneg_float,
-        default=0.3,
-        help="jitter SD as a fraction of its range (default: 0.3)",
+        default=_D.window,
+        help=f"jitter SD as a fraction of its range (default: {_D.window})",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``diversevis multifaceted``; returns the exit status."""
-    from diversevis.methods.classic.multifaceted import multifaceted
+    from diversevis.methods.classic.multifaceted import run_multifaceted
 
     net = load(args)
-    res = multifaceted(
-        net,
-        args.layer,
-        args.unit,
-        k=args.k,
-        top=args.top,
-        candidates=args.candidates,
-        patch_size=args.patch_size,
-        match_contrast=args.match_contrast,
-        embed_layer=args.embed_layer,
-        pool=args.pool,
-        normalize=not args.no_normalize,
-        pca=args.pca,
-        n_mean=args.n_mean,
-        lr=args.lr,
-        max_iter=args.max_iter,
-        patience=args.patience,
-        tv=args.tv,
-        facet_weight=args.facet_weight,
-        jitter=args.jitter,
-        window=args.window,
-        seed=args.seed,
-        batch=args.batch,
-        images=args.naturals,
-        progress=not args.quiet,
-    )
+    settings = settings_from_args(MultifacetedSettings, args, normalize=not args.no_normalize)
+    res = run_multifaceted(net, args.layer, args.unit, settings, progress=not args.quiet)
     out = res.save(out_dir(args, net), n_show=args.show)
     s = res.spec
     print(

@@ -8,6 +8,8 @@ Modules: ``actmax`` (activation maximisation with FFT/decorrelated parametrisati
 Larger methods keep their parts in sibling modules named after them, re-exported by the method's module:
 ``actmax_relu`` (redirected ReLU gradients), ``deconvnet_trace`` (the forward chain of leaf modules),
 ``deconvnet_result``, ``multifaceted_facets`` (exemplars, embedding, k-means facets),
-``multifaceted_result``, ``dissection_stats`` (quantiles, masks, IoU counts), ``dissection_result``;
-``concepts`` holds dissection's datasets and ``_checks`` the shared argument checks.
+``multifaceted_result``, ``multifaceted_settings``, ``dissection_stats`` (quantiles, masks, IoU
+counts), ``dissection_result``; ``concepts`` holds dissection's datasets and ``_checks`` the shared
+argument checks. The settings classes (``ActmaxSettings``, ``MultifacetedSettings``,
+``InversionSettings``) hold each method's defaults and validation.
 """

@@ -24,9 +24,9 @@ Activations are read at the layer's output (pre-ReLU for a conv layer followed b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from diversevis.core.objectives import pairwise_rms_matrix
 from diversevis.core.optimize import OptimizeResult, StepInfo, optimize
 from diversevis.core.params import CONSTRAINTS, DecorrelatedImage
 from diversevis.core.result import Result
+from diversevis.core.settings import Settings
 from diversevis.core.transforms import RandomTransforms
 from diversevis.images.color import natural_color_matrix
 from diversevis.methods.classic.actmax_relu import RedirectedReLU, redirected_relu, redirected_relu_grad
@@ -47,6 +48,7 @@ from diversevis.methods.dfv import versions
 
 __all__ = [
     "actmax",
+    "ActmaxSettings",
     "redirected_relu_grad",
     "redirected_relu",
     "RedirectedReLU",
@@ -176,6 +178,66 @@ def _check_target(net: Network, layer: str, unit: int | None, size: int, objecti
     return unit
 
 
+# ------------------------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass(frozen=True)
+class ActmaxSettings(Settings):
+    """The settings of :func:`actmax` (images, objective, parametrisation, transforms, penalties, loop).
+
+    Fields and defaults are the keyword arguments of :func:`actmax` (see there); building one refuses bad
+    values before the network is loaded. ``objective`` is checked with the target layer (unknown
+    objectives are reported after the layer is resolved).
+    """
+
+    n_images: int = 1
+    size: int = 128
+    objective: str = "center"
+    fft: bool = True
+    decay_power: float = 1.0
+    decorrelate: bool = True
+    constraint: str = "sigmoid"
+    contrast: float = 0.5
+    norm: float | None = None
+    transforms: bool = True
+    pad: int = 12
+    jitter: int = 8
+    scale: tuple[float, float] = (0.9, 1.1)
+    rotate: float = 10.0
+    l1: float = 0.0
+    tv: float = 0.0
+    tv_beta: float = 2.0
+    redirect_relu: int = 0
+    init_sd: float = 0.01
+    lr: float = 0.1
+    max_iter: int = 512
+    patience: int = 100
+    ema: float = 0.9
+    seed: int = 0
+    images: str | Path | None = None
+
+    def check(self) -> None:
+        """Refuse bad values before the network is loaded."""
+        if not isinstance(self.n_images, int) or self.n_images < 1:
+            raise DiversevisError(f"n_images must be an int >= 1, got {self.n_images!r}")
+        if not isinstance(self.size, int) or self.size < 1:
+            raise DiversevisError(f"size must be a positive int, got {self.size!r}")
+        if self.constraint not in CONSTRAINTS:
+            raise DiversevisError(
+                f"unknown constraint {self.constraint!r}; choose one of {', '.join(CONSTRAINTS)}"
+            )
+        for name in ("l1", "tv", "redirect_relu", "pad", "jitter"):
+            v = getattr(self, name)
+            if v < 0:
+                raise DiversevisError(f"{name} must be >= 0, got {v}")
+        if self.rotate < 0 or not 0 < self.scale[0] <= self.scale[1]:
+            raise DiversevisError(
+                f"need rotate >= 0 and 0 < scale[0] <= scale[1], got rotate={self.rotate}, scale={self.scale}"
+            )
+        if not self.lr > 0 or not self.init_sd > 0:
+            raise DiversevisError(f"lr and init_sd must be > 0, got {self.lr} and {self.init_sd}")
+
+
 # --------------------------------------------------------------------------------------------- actmax
 
 
@@ -184,32 +246,32 @@ def actmax(
     layer: str,
     unit: int | None = None,
     *,
-    n_images: int = 1,
-    size: int = 128,
-    objective: str = "center",
-    fft: bool = True,
-    decay_power: float = 1.0,
-    decorrelate: bool = True,
-    constraint: str = "sigmoid",
-    contrast: float = 0.5,
-    norm: float | None = None,
-    transforms: bool = True,
-    pad: int = 12,
-    jitter: int = 8,
-    scale: tuple[float, float] = (0.9, 1.1),
-    rotate: float = 10.0,
-    l1: float = 0.0,
-    tv: float = 0.0,
-    tv_beta: float = 2.0,
-    redirect_relu: int = 0,
-    init_sd: float = 0.01,
-    lr: float = 0.1,
-    max_iter: int = 512,
-    patience: int = 100,
-    ema: float = 0.9,
-    seed: int = 0,
+    n_images: int = ActmaxSettings.n_images,
+    size: int = ActmaxSettings.size,
+    objective: str = ActmaxSettings.objective,
+    fft: bool = ActmaxSettings.fft,
+    decay_power: float = ActmaxSettings.decay_power,
+    decorrelate: bool = ActmaxSettings.decorrelate,
+    constraint: str = ActmaxSettings.constraint,
+    contrast: float = ActmaxSettings.contrast,
+    norm: float | None = ActmaxSettings.norm,
+    transforms: bool = ActmaxSettings.transforms,
+    pad: int = ActmaxSettings.pad,
+    jitter: int = ActmaxSettings.jitter,
+    scale: tuple[float, float] = ActmaxSettings.scale,
+    rotate: float = ActmaxSettings.rotate,
+    l1: float = ActmaxSettings.l1,
+    tv: float = ActmaxSettings.tv,
+    tv_beta: float = ActmaxSettings.tv_beta,
+    redirect_relu: int = ActmaxSettings.redirect_relu,
+    init_sd: float = ActmaxSettings.init_sd,
+    lr: float = ActmaxSettings.lr,
+    max_iter: int = ActmaxSettings.max_iter,
+    patience: int = ActmaxSettings.patience,
+    ema: float = ActmaxSettings.ema,
+    seed: int = ActmaxSettings.seed,
     device: str | torch.device | None = None,
-    images: str | Path | None = None,
+    images: str | Path | None = ActmaxSettings.images,
     progress: bool = False,
     callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
 ) -> Result:
@@ -291,7 +353,7 @@ def actmax(
         the untransformed images; ``spec`` with every setting, ``grey_activation`` (the target value of a
         uniform grey image), counts, timings and versions.
     """
-    s = _Settings(
+    s = ActmaxSettings(
         n_images=n_images,
         size=size,
         objective=objective,
@@ -318,42 +380,56 @@ def actmax(
         seed=seed,
         images=images,
     )
-    s.check()
+    return run_actmax(model, layer, unit, s, device=device, progress=progress, callbacks=callbacks)
+
+
+def run_actmax(
+    model: Network | nn.Module | str,
+    layer: str,
+    unit: int | None,
+    s: ActmaxSettings,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
+) -> Result:
+    """:func:`actmax` with its settings given as one :class:`ActmaxSettings` (as the CLI calls it)."""
     net = as_network(model)
     if device is not None:
         net.to(device)
-    unit = _check_target(net, layer, unit, size, objective)
+    unit = _check_target(net, layer, unit, s.size, s.objective)
     channels = net.in_channels
+    decorrelate = s.decorrelate
     if decorrelate and channels != 3:
         decorrelate = False  # colour decorrelation is defined for RGB only
-    color = natural_color_matrix(images) if decorrelate else None
+    color = natural_color_matrix(s.images) if decorrelate else None
     norm_value = _norm_value(s, channels)
 
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(s.seed)
     param = DecorrelatedImage(
-        n_images,
+        s.n_images,
         channels,
-        size,
-        fft=fft,
+        s.size,
+        fft=s.fft,
         color_matrix=color,
-        constraint=constraint,
+        constraint=s.constraint,
         norm=norm_value,
-        decay_power=decay_power,
-        sd=init_sd,
+        decay_power=s.decay_power,
+        sd=s.init_sd,
         generator=gen,
         device=net.device,
     )
-    tf = RandomTransforms(pad, jitter, scale, rotate) if transforms else None
-    reader = _Reader(net, layer, unit, objective)
+    tf = RandomTransforms(s.pad, s.jitter, s.scale, s.rotate) if s.transforms else None
+    reader = _Reader(net, layer, unit, s.objective)
     with torch.no_grad():
-        grey_activation = float(reader(torch.full((1, channels, size, size), 0.5, device=net.device))[0])
+        grey_activation = float(reader(torch.full((1, channels, s.size, s.size), 0.5, device=net.device))[0])
     label = f"actmax {net.display_name(layer)}:{unit}"
     opt, n_relus = _optimise(net, param, reader, tf, gen, s, label, progress, callbacks)
 
     with torch.no_grad():
         acts = reader(opt.images)
     imgs = opt.images.detach().cpu()
-    dist = pairwise_rms_matrix((imgs - 0.5).flatten(1)) if n_images > 1 else torch.zeros(1, 1)
+    dist = pairwise_rms_matrix((imgs - 0.5).flatten(1)) if s.n_images > 1 else torch.zeros(1, 1)
     spec = _spec(net, layer, unit, s, decorrelate, color, norm_value, tf, n_relus, grey_activation, opt)
     return Result(
         images=imgs,
@@ -365,59 +441,7 @@ def actmax(
     )
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """The arguments of :func:`actmax` that set up the images, the objective and the optimisation."""
-
-    n_images: int
-    size: int
-    objective: str
-    fft: bool
-    decay_power: float
-    decorrelate: bool
-    constraint: str
-    contrast: float
-    norm: float | None
-    transforms: bool
-    pad: int
-    jitter: int
-    scale: tuple[float, float]
-    rotate: float
-    l1: float
-    tv: float
-    tv_beta: float
-    redirect_relu: int
-    init_sd: float
-    lr: float
-    max_iter: int
-    patience: int
-    ema: float
-    seed: int
-    images: str | Path | None
-
-    def check(self) -> None:
-        """Refuse bad values before the network is loaded."""
-        if not isinstance(self.n_images, int) or self.n_images < 1:
-            raise DiversevisError(f"n_images must be an int >= 1, got {self.n_images!r}")
-        if not isinstance(self.size, int) or self.size < 1:
-            raise DiversevisError(f"size must be a positive int, got {self.size!r}")
-        if self.constraint not in CONSTRAINTS:
-            raise DiversevisError(
-                f"unknown constraint {self.constraint!r}; choose one of {', '.join(CONSTRAINTS)}"
-            )
-        for name in ("l1", "tv", "redirect_relu", "pad", "jitter"):
-            v = getattr(self, name)
-            if v < 0:
-                raise DiversevisError(f"{name} must be >= 0, got {v}")
-        if self.rotate < 0 or not 0 < self.scale[0] <= self.scale[1]:
-            raise DiversevisError(
-                f"need rotate >= 0 and 0 < scale[0] <= scale[1], got rotate={self.rotate}, scale={self.scale}"
-            )
-        if not self.lr > 0 or not self.init_sd > 0:
-            raise DiversevisError(f"lr and init_sd must be > 0, got {self.lr} and {self.init_sd}")
-
-
-def _norm_value(s: _Settings, channels: int) -> float | None:
+def _norm_value(s: ActmaxSettings, channels: int) -> float | None:
     """The fixed L2 norm of ``constraint="norm"``: ``norm``, or ``contrast`` times the natural-patch norm."""
     if s.constraint != "norm":
         return None
@@ -440,7 +464,7 @@ def _optimise(
     reader: _Reader,
     tf: RandomTransforms | None,
     gen: torch.Generator,
-    s: _Settings,
+    s: ActmaxSettings,
     desc: str,
     progress: bool,
     callbacks: Iterable[Callable[[StepInfo], bool | None]],
@@ -480,7 +504,7 @@ def _spec(
     net: Network,
     layer: str,
     unit: int,
-    s: _Settings,
+    s: ActmaxSettings,
     decorrelate: bool,
     color: torch.Tensor | None,
     norm_value: float | None,

@@ -16,6 +16,7 @@ optimisation runs on the shared Adam loop (the paper used gradient descent with 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import os
@@ -30,9 +31,10 @@ from torch import nn
 from diversevis.core.cache import atomic_write_bytes
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network, as_network
-from diversevis.core.optimize import StepInfo, optimize
+from diversevis.core.optimize import OptimizeResult, StepInfo, optimize
 from diversevis.core.params import precondition as _precondition
 from diversevis.core.result import Result, image_grid
+from diversevis.core.settings import Settings
 from diversevis.images.photos import load_photo, photo_names, square_resize
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "load_image",
     "bundled_image_names",
     "invert",
+    "InversionSettings",
     "InversionResult",
     "DEFAULT_BOUND",
 ]
@@ -240,24 +243,60 @@ class _FreeImage(nn.Module):
         return 0.5 + r
 
 
+# ------------------------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass(frozen=True)
+class InversionSettings(Settings):
+    """The settings of :func:`invert` (see there for each field): target size, priors, start and loop.
+
+    Building one refuses non-positive exponents, bound, learning rate or initial SD and negative prior
+    weights, before the network is loaded.
+    """
+
+    size: int | None = None
+    alpha: float = 6.0
+    beta: float = 2.0
+    lambda_alpha: float = 1e-5
+    lambda_tv: float = 1e-3
+    bound: float = DEFAULT_BOUND
+    precondition: bool = True
+    init_sd: float = 0.01
+    lr: float = 0.05
+    max_iter: int = 500
+    patience: int = 100
+    ema: float = 0.9
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("alpha", "beta", "bound", "lr", "init_sd"):
+            v = getattr(self, name)
+            if not v > 0:
+                raise DiversevisError(f"{name} must be > 0, got {v}")
+        for name in ("lambda_alpha", "lambda_tv"):
+            v = getattr(self, name)
+            if v < 0:
+                raise DiversevisError(f"{name} must be >= 0, got {v}")
+
+
 def invert(
     model: Network | nn.Module | str,
     layer: str,
     image: str | os.PathLike | np.ndarray | torch.Tensor,
     *,
-    size: int | None = None,
-    alpha: float = 6.0,
-    beta: float = 2.0,
-    lambda_alpha: float = 1e-5,
-    lambda_tv: float = 1e-3,
-    bound: float = DEFAULT_BOUND,
-    precondition: bool = True,
-    init_sd: float = 0.01,
-    lr: float = 0.05,
-    max_iter: int = 500,
-    patience: int = 100,
-    ema: float = 0.9,
-    seed: int = 0,
+    size: int | None = InversionSettings.size,
+    alpha: float = InversionSettings.alpha,
+    beta: float = InversionSettings.beta,
+    lambda_alpha: float = InversionSettings.lambda_alpha,
+    lambda_tv: float = InversionSettings.lambda_tv,
+    bound: float = InversionSettings.bound,
+    precondition: bool = InversionSettings.precondition,
+    init_sd: float = InversionSettings.init_sd,
+    lr: float = InversionSettings.lr,
+    max_iter: int = InversionSettings.max_iter,
+    patience: int = InversionSettings.patience,
+    ema: float = InversionSettings.ema,
+    seed: int = InversionSettings.seed,
     device: str | torch.device | None = None,
     progress: bool = False,
     callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
@@ -304,59 +343,105 @@ def invert(
         square root), ``image_rms_error`` (display units) and ``image_relative_error``
         (``||x - x0|| / ||x0 - mean(x0)||``).
     """
-    for name, v in (("alpha", alpha), ("beta", beta), ("bound", bound), ("lr", lr), ("init_sd", init_sd)):
-        if not v > 0:
-            raise DiversevisError(f"{name} must be > 0, got {v}")
-    for name, v in (("lambda_alpha", lambda_alpha), ("lambda_tv", lambda_tv)):
-        if v < 0:
-            raise DiversevisError(f"{name} must be >= 0, got {v}")
-    net = as_network(model)
-    if device is not None:
-        net.to(device)
-    path = net.resolve(layer)
-    target, phi0 = _target_features(net, layer, image, size)
-    h, w = target.shape[-2:]
-    v_bound = bound / 6.5
-    gen = torch.Generator().manual_seed(seed)
-    raw = init_sd * torch.randn(target.shape, generator=gen)
-    param = _FreeImage(raw.to(net.device), precondition)
-    loss_fn = _inversion_loss(net, layer, phi0, h * w, alpha, beta, lambda_alpha, lambda_tv, bound, v_bound)
-    opt = optimize(
-        param,
-        loss_fn,
+    s = InversionSettings(
+        size=size,
+        alpha=alpha,
+        beta=beta,
+        lambda_alpha=lambda_alpha,
+        lambda_tv=lambda_tv,
+        bound=bound,
+        precondition=precondition,
+        init_sd=init_sd,
         lr=lr,
         max_iter=max_iter,
         patience=patience,
         ema=ema,
+        seed=seed,
+    )
+    return run_invert(model, layer, image, s, device=device, progress=progress, callbacks=callbacks)
+
+
+def run_invert(
+    model: Network | nn.Module | str,
+    layer: str,
+    image: str | os.PathLike | np.ndarray | torch.Tensor,
+    s: InversionSettings,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
+) -> InversionResult:
+    """:func:`invert` with its settings given as one :class:`InversionSettings` (as the CLI calls it)."""
+    net = as_network(model)
+    if device is not None:
+        net.to(device)
+    net.resolve(layer)
+    target, phi0 = _target_features(net, layer, image, s.size)
+    h, w = target.shape[-2:]
+    v_bound = s.bound / 6.5
+    gen = torch.Generator().manual_seed(s.seed)
+    raw = s.init_sd * torch.randn(target.shape, generator=gen)
+    param = _FreeImage(raw.to(net.device), s.precondition)
+    loss_fn = _inversion_loss(
+        net, layer, phi0, h * w, s.alpha, s.beta, s.lambda_alpha, s.lambda_tv, s.bound, v_bound
+    )
+    opt = optimize(
+        param,
+        loss_fn,
+        lr=s.lr,
+        max_iter=s.max_iter,
+        patience=s.patience,
+        ema=s.ema,
         progress=progress,
         desc=f"invert {net.display_name(layer)}",
         callbacks=callbacks,
     )
     x = opt.images
     err, rms, rel = _errors(net, layer, x, target, phi0)
-    spec: dict[str, Any] = {
+    return InversionResult(
+        images=torch.cat([x.detach(), target]).cpu(),
+        activations=torch.tensor([err, 0.0]),
+        distances=torch.tensor([[0.0, rms], [rms, 0.0]]),
+        loss_history=opt.history,
+        spec=_spec(net, layer, image, s, (int(h), int(w)), list(phi0.shape[1:]), (err, rms, rel), opt),
+    )
+
+
+def _spec(
+    net: Network,
+    layer: str,
+    image: Any,
+    s: InversionSettings,
+    hw: tuple[int, int],
+    feature_shape: list[int],
+    errors: tuple[float, float, float],
+    opt: OptimizeResult,
+) -> dict[str, Any]:
+    """The run spec: every setting, the final errors, counts, timings and versions."""
+    err, rms, rel = errors
+    return {
         "method": "invert",
         "model": net.name,
         "layer": net.display_name(layer),
-        "layer_path": path,
+        "layer_path": net.resolve(layer),
         "unit": None,
         "image": _describe(image),
-        "image_size": [int(h), int(w)],
-        "size": size,
-        "feature_shape": list(phi0.shape[1:]),
-        "alpha": alpha,
-        "beta": beta,
-        "lambda_alpha": lambda_alpha,
-        "lambda_tv": lambda_tv,
-        "bound": bound,
-        "tv_bound": v_bound,
-        "precondition": precondition,
-        "init_sd": init_sd,
-        "lr": lr,
-        "max_iter": max_iter,
-        "patience": patience,
-        "ema": ema,
-        "seed": seed,
+        "image_size": list(hw),
+        "size": s.size,
+        "feature_shape": feature_shape,
+        "alpha": s.alpha,
+        "beta": s.beta,
+        "lambda_alpha": s.lambda_alpha,
+        "lambda_tv": s.lambda_tv,
+        "bound": s.bound,
+        "tv_bound": s.bound / 6.5,
+        "precondition": s.precondition,
+        "init_sd": s.init_sd,
+        "lr": s.lr,
+        "max_iter": s.max_iter,
+        "patience": s.patience,
+        "ema": s.ema,
+        "seed": s.seed,
         "device": str(net.device),
         "dtype": "float32",
         "feature_error": err,
@@ -367,13 +452,6 @@ def invert(
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return InversionResult(
-        images=torch.cat([x.detach(), target]).cpu(),
-        activations=torch.tensor([err, 0.0]),
-        distances=torch.tensor([[0.0, rms], [rms, 0.0]]),
-        loss_history=opt.history,
-        spec=spec,
-    )
 
 
 def _target_features(

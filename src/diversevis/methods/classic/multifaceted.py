@@ -39,8 +39,9 @@ them; multifaceted visualization (MFV) finds them first and then visualises each
 >>> res.save("runs/vgg16_conv4_3_u10_multifaceted")   # grid.png, facets.npz, result.json
 
 Layout: this module holds the method and its optimisation (step 5 and its parts); steps 1-4 (read-out,
-exemplars, embedding, k-means, mean images) are in :mod:`.multifaceted_facets` and the result (grid,
-files) in :mod:`.multifaceted_result`. Their public names are re-exported here.
+exemplars, embedding, k-means, mean images) are in :mod:`.multifaceted_facets`, the result (grid,
+files) in :mod:`.multifaceted_result` and the settings (:class:`MultifacetedSettings`, whose defaults
+are this function's) in :mod:`.multifaceted_settings`. Their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from torch import nn
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network, as_network
 from diversevis.core.optimize import OptimizeResult, optimize_groups
-from diversevis.methods.classic._checks import _check_float, _check_int
+from diversevis.methods.classic._checks import _check_int
 from diversevis.methods.classic.multifaceted_facets import (
     _PIXEL_NAMES,
     POOLS,
@@ -71,11 +72,13 @@ from diversevis.methods.classic.multifaceted_facets import (
     kmeans_facets,
 )
 from diversevis.methods.classic.multifaceted_result import MultifacetedResult
+from diversevis.methods.classic.multifaceted_settings import MultifacetedSettings
 from diversevis.methods.dfv import versions
 
 __all__ = [
     "POOLS",
     "MultifacetedResult",
+    "MultifacetedSettings",
     "UnitReadout",
     "embed",
     "kmeans_facets",
@@ -182,31 +185,6 @@ class _SigmoidImage(nn.Module):
 # ------------------------------------------------------------------------------------------ arguments
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """The scalar arguments of :func:`multifaceted`, checked."""
-
-    unit: int
-    k: int
-    top: int
-    candidates: int
-    n_mean: int
-    max_iter: int
-    patience: int
-    batch: int
-    seed: int
-    lr: float
-    tv: float
-    window: float
-    facet_weight: float
-    pool: str
-    normalize: bool
-    pca: int | None
-    match_contrast: bool
-    contrast: float
-    images: str | Path | None
-
-
 def _rgb_network(model: Network | nn.Module | str, device: str | torch.device | None) -> Network:
     """The network, moved to ``device``; refused unless it takes RGB images."""
     net = as_network(model)
@@ -219,52 +197,11 @@ def _rgb_network(model: Network | nn.Module | str, device: str | torch.device | 
     return net
 
 
-def _check_settings(
-    *,
-    unit: Any,
-    k: Any,
-    top: Any,
-    candidates: Any,
-    n_mean: Any,
-    max_iter: Any,
-    patience: Any,
-    batch: Any,
-    seed: Any,
-    lr: Any,
-    tv: Any,
-    window: Any,
-    facet_weight: Any,
-    pool: str,
-    **unchecked: Any,
-) -> _Settings:
-    """Check the scalar arguments, in this order: unit, the integers, the floats, pool, ``k <= top``.
-
-    ``unchecked`` (``normalize``, ``pca``, ``match_contrast``, ``contrast``, ``images``) are kept as given.
-    """
+def _check_unit(unit: Any) -> int:
+    """The unit as an int channel index (checked before the settings)."""
     if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)):
         raise DiversevisError(f"unit must be an int channel index, got {unit!r}")
-    s = _Settings(
-        unit=int(unit),
-        k=_check_int("k", k, 1),
-        top=_check_int("top", top, 1),
-        candidates=_check_int("candidates", candidates, 1),
-        n_mean=_check_int("n_mean", n_mean, 1),
-        max_iter=_check_int("max_iter", max_iter, 1),
-        patience=_check_int("patience", patience, 0),
-        batch=_check_int("batch", batch, 1),
-        seed=_check_int("seed", seed, 0),
-        lr=_check_float("lr", lr, 0.0, open_lo=True),
-        tv=_check_float("tv", tv, 0.0),
-        window=_check_float("window", window, 0.0),
-        facet_weight=_check_float("facet_weight", facet_weight, 0.0),
-        pool=pool,
-        **unchecked,
-    )
-    if pool not in POOLS:
-        raise DiversevisError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
-    if s.k > s.top:
-        raise DiversevisError(f"k={s.k} exceeds the number of top patches ({s.top}); lower k or raise top")
-    return s
+    return int(unit)
 
 
 def _check_jitter(jitter: int | None, size: int) -> int:
@@ -304,7 +241,7 @@ def _find_facets(
     net: Network,
     layer: str,
     readout: UnitReadout,
-    s: _Settings,
+    s: MultifacetedSettings,
     patches: torch.Tensor | None,
     embed_layer: str,
 ) -> _Facets:
@@ -313,7 +250,7 @@ def _find_facets(
     top_imgs, top_acts, source = _exemplars(
         net,
         layer,
-        s.unit,
+        readout.unit,
         readout,
         patches=patches,
         top=s.top,
@@ -344,7 +281,7 @@ def _optimise_facets(
     net: Network,
     readout: UnitReadout,
     facets: _Facets,
-    s: _Settings,
+    s: MultifacetedSettings,
     embed_layer: str,
     jitter: int,
     progress: bool,
@@ -378,7 +315,7 @@ def _optimise_facets(
         max_iter=s.max_iter,
         patience=s.patience,
         progress=progress,
-        desc=f"multifaceted {net.display_name(readout.layer)}:{s.unit}",
+        desc=f"multifaceted {net.display_name(readout.layer)}:{readout.unit}",
     )
     vis = torch.cat([o.images for o in opts]).detach().cpu()
     with torch.no_grad():
@@ -390,7 +327,7 @@ def _optimise_facets(
 def _spec(
     net: Network,
     layer: str,
-    s: _Settings,
+    s: MultifacetedSettings,
     readout: UnitReadout,
     facets: _Facets,
     patches: torch.Tensor | None,
@@ -406,7 +343,7 @@ def _spec(
         "model": net.name,
         "layer": net.display_name(layer),
         "layer_path": net.resolve(layer),
-        "unit": s.unit,
+        "unit": readout.unit,
         "k": s.k,
         "top": s.top,
         "candidates": s.candidates if patches is None else int(torch.as_tensor(patches).shape[0]),
@@ -453,28 +390,28 @@ def multifaceted(
     layer: str,
     unit: int,
     *,
-    k: int = 4,
-    top: int = 128,
-    candidates: int = 2048,
+    k: int = MultifacetedSettings.k,
+    top: int = MultifacetedSettings.top,
+    candidates: int = MultifacetedSettings.candidates,
     patches: torch.Tensor | None = None,
-    patch_size: int | None = None,
-    match_contrast: bool = False,
-    contrast: float = 0.5,
-    embed_layer: str | None = None,
-    pool: str = "mean",
-    normalize: bool = True,
-    pca: int | None = None,
-    n_mean: int = 15,
-    lr: float = 0.02,
-    max_iter: int = 200,
-    patience: int = 0,
-    tv: float = 2.0,
-    facet_weight: float = 0.0,
-    jitter: int | None = None,
-    window: float = 0.3,
-    seed: int = 0,
-    batch: int = 64,
-    images: str | Path | None = None,
+    patch_size: int | None = MultifacetedSettings.patch_size,
+    match_contrast: bool = MultifacetedSettings.match_contrast,
+    contrast: float = MultifacetedSettings.contrast,
+    embed_layer: str | None = MultifacetedSettings.embed_layer,
+    pool: str = MultifacetedSettings.pool,
+    normalize: bool = MultifacetedSettings.normalize,
+    pca: int | None = MultifacetedSettings.pca,
+    n_mean: int = MultifacetedSettings.n_mean,
+    lr: float = MultifacetedSettings.lr,
+    max_iter: int = MultifacetedSettings.max_iter,
+    patience: int = MultifacetedSettings.patience,
+    tv: float = MultifacetedSettings.tv,
+    facet_weight: float = MultifacetedSettings.facet_weight,
+    jitter: int | None = MultifacetedSettings.jitter,
+    window: float = MultifacetedSettings.window,
+    seed: int = MultifacetedSettings.seed,
+    batch: int = MultifacetedSettings.batch,
+    images: str | Path | None = MultifacetedSettings.images,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> MultifacetedResult:
@@ -554,32 +491,63 @@ def multifaceted(
     """
     t0 = time.perf_counter()
     net = _rgb_network(model, device)
-    s = _check_settings(
-        unit=unit,
+    unit = _check_unit(unit)
+    s = MultifacetedSettings(
         k=k,
         top=top,
         candidates=candidates,
-        n_mean=n_mean,
-        max_iter=max_iter,
-        patience=patience,
-        batch=batch,
-        seed=seed,
-        lr=lr,
-        tv=tv,
-        window=window,
-        facet_weight=facet_weight,
+        patch_size=patch_size,
+        match_contrast=match_contrast,
+        contrast=contrast,
+        embed_layer=embed_layer,
         pool=pool,
         normalize=normalize,
         pca=pca,
-        match_contrast=match_contrast,
-        contrast=contrast,
+        n_mean=n_mean,
+        lr=lr,
+        max_iter=max_iter,
+        patience=patience,
+        tv=tv,
+        facet_weight=facet_weight,
+        jitter=jitter,
+        window=window,
+        seed=seed,
+        batch=batch,
         images=images,
     )
-    if patches is not None:
-        patch_size = int(torch.as_tensor(patches).shape[-1])
-    readout = UnitReadout(net, layer, s.unit, patch_size)
-    jitter = _check_jitter(jitter, readout.size)
-    emb_layer = _embedding_layer(net, layer, embed_layer)
+    return _run(net, layer, unit, s, patches, progress, t0)
+
+
+def run_multifaceted(
+    model: Network | nn.Module | str,
+    layer: str,
+    unit: int,
+    s: MultifacetedSettings,
+    *,
+    patches: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> MultifacetedResult:
+    """:func:`multifaceted` with its settings given as one :class:`MultifacetedSettings` (as the CLI calls it)."""
+    t0 = time.perf_counter()
+    net = _rgb_network(model, device)
+    return _run(net, layer, _check_unit(unit), s, patches, progress, t0)
+
+
+def _run(
+    net: Network,
+    layer: str,
+    unit: int,
+    s: MultifacetedSettings,
+    patches: torch.Tensor | None,
+    progress: bool,
+    t0: float,
+) -> MultifacetedResult:
+    """The five steps for a checked network, unit and settings; ``t0`` is when the call started."""
+    patch_size = s.patch_size if patches is None else int(torch.as_tensor(patches).shape[-1])
+    readout = UnitReadout(net, layer, unit, patch_size)
+    jitter = _check_jitter(s.jitter, readout.size)
+    emb_layer = _embedding_layer(net, layer, s.embed_layer)
 
     facets = _find_facets(net, layer, readout, s, patches, emb_layer)  # 1.-4.
     optimised = _optimise_facets(net, readout, facets, s, emb_layer, jitter, progress)  # 5.
