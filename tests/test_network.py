@@ -153,25 +153,33 @@ def test_hooks_are_removed_when_the_input_is_too_small():
     assert all_hooks(net) == []
 
 
-def test_inplace_relus_are_switched_off_and_captures_are_pre_relu():
+def test_inplace_relus_are_off_during_a_forward_only_and_captures_are_pre_relu():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3)
     seq = nn.Sequential(conv, nn.ReLU(inplace=True), nn.Conv2d(4, 1, 1))
     net = Network(seq)
-    assert seq[1].inplace is False
+    assert seq[1].inplace is True  # the user's flag is left alone
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     out = net.activations(x, ["0", "1"], normalize=False)
+    assert seq[1].inplace is True
     assert (out["0"] < 0).any()  # the later ReLU did not overwrite the captured conv output
     torch.testing.assert_close(out["0"], conv(x), rtol=0, atol=0)
     torch.testing.assert_close(out["1"], torch.relu(conv(x)), rtol=0, atol=0)
 
 
-def test_network_freezes_and_evaluates_the_module():
+def test_network_runs_the_module_in_eval_mode_with_frozen_weights_and_restores_it():
     seq = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Dropout(0.5))
     seq.train()
-    Network(seq)
-    assert not seq.training and not seq[1].training
-    assert not any(p.requires_grad for p in seq.parameters())
+    net = Network(seq)
+    seen = []
+    seq[1].register_forward_hook(lambda m, i, o: seen.append((m.training, seq[0].weight.requires_grad)))
+    x = torch.rand(4, 3, 6, 6, requires_grad=True)
+    out = net(x)
+    assert seen == [(False, False)]  # eval mode and frozen weights inside the forward
+    assert seq.training and seq[1].training and all(p.requires_grad for p in seq.parameters())
+    out.sum().backward()  # the graph built inside treats the weights as constants
+    assert x.grad is not None and seq[0].weight.grad is None
+    torch.testing.assert_close(net(x), net(x))  # no dropout noise
 
 
 # --------------------------------------------------------------------- normalisation

@@ -3,6 +3,10 @@
 Images live in *display space* (RGB in ``[0, 1]``, mean grey 0.5); :meth:`Network.normalize` maps them
 to the model's input space with the network's own ``(x - mean) / std``.
 
+The user's module is borrowed, never changed: every forward pass runs it in eval mode with frozen
+weights and in-place activations switched off (:func:`evaluating`), and puts back the training flags,
+``requires_grad`` and in-place flags it found, whatever the user did to the module since wrapping.
+
 The truncated forward (:meth:`Network.activations`) registers hooks only on the requested layers and
 stops the forward pass as soon as the last of them has produced its output, so visualising
 ``conv3_1`` never runs ``conv3_2``, let alone the classifier head. Hooks are always removed, also when
@@ -11,7 +15,8 @@ the forward pass raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -27,11 +32,44 @@ from diversevis.core.receptive import (
     probe_receptive_field,
 )
 
-__all__ = ["Network", "LayerInfo", "as_network"]
+__all__ = ["Network", "LayerInfo", "as_network", "evaluating"]
 
 
 class _StopForward(Exception):
     """Raised inside a hook once every requested activation has been captured."""
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Run ``module`` in eval mode, weights frozen, in-place activations off; restore it all on exit.
+
+    Inside the block every submodule is in eval mode (BatchNorm uses and keeps its running statistics,
+    Dropout is off), no parameter requires a gradient (gradients flow to the input only) and every
+    ``inplace`` flag is ``False`` (a captured activation is never overwritten by a later in-place ReLU).
+    On exit, also after an exception, each submodule's ``training`` and ``inplace`` flag and each
+    parameter's ``requires_grad`` are what they were on entry. Autograd graphs built inside keep
+    treating the weights as constants after the block, so a backward pass later is fine.
+    """
+    modules = list(module.modules())
+    training = [m.training for m in modules]
+    inplace = [(m, m.inplace) for m in modules if isinstance(getattr(m, "inplace", None), bool)]
+    params = list(module.parameters())
+    grads = [p.requires_grad for p in params]
+    try:
+        for m in modules:
+            m.training = False
+        for m, _ in inplace:
+            m.inplace = False
+        for p in params:
+            p.requires_grad_(False)
+        yield module
+    finally:
+        for m, flag in zip(modules, training):
+            m.training = flag
+        for m, flag in inplace:
+            m.inplace = flag
+        for p, flag in zip(params, grads):
+            p.requires_grad_(flag)
 
 
 @dataclass(frozen=True)
@@ -68,9 +106,10 @@ class Network(nn.Module):
     Parameters
     ----------
     module : nn.Module
-        Any PyTorch model taking ``(N, C, H, W)`` images. It is put in eval mode, its parameters stop
-        requiring gradients, and in-place activations are switched off (so captured activations are
-        never overwritten by a later in-place ReLU).
+        Any PyTorch model taking ``(N, C, H, W)`` images. It is not changed: each forward pass runs it
+        in eval mode with frozen weights and in-place activations off, and restores its flags after
+        (:func:`evaluating`). Moving the network (``Network.to``, or ``device=`` of a method) moves the
+        module's parameters and buffers, as ``nn.Module.to`` does.
     mean, std : sequence of float, optional
         Per-channel input normalisation in display units: the model sees ``(x - mean) / std`` for a
         display-space image ``x`` in ``[0, 1]``. Defaults: identity (mean 0, std 1).
@@ -106,11 +145,6 @@ class Network(nn.Module):
             raise DiversevisError(
                 "TorchScript modules cannot be hooked layer by layer; pass the original Python nn.Module"
             )
-        module.eval()
-        module.requires_grad_(False)
-        for m in module.modules():
-            if getattr(m, "inplace", False) is True:
-                m.inplace = False
         self.module = module
         self.channels_last = False
         mean = [0.0] * in_channels if mean is None else list(mean)
@@ -206,8 +240,9 @@ class Network(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Full forward pass of a display-space batch ``(N, C, H, W)``."""
-        return self.module(self._input(x, True))
+        """Full forward pass of a display-space batch ``(N, C, H, W)`` (eval mode, frozen weights)."""
+        with evaluating(self.module):
+            return self.module(self._input(x, True))
 
     def activations(
         self, x: torch.Tensor, layers: Sequence[str], *, normalize: bool = True
@@ -248,7 +283,8 @@ class Network(nn.Module):
 
         handles = [m.register_forward_hook(make_hook(p)) for p, m in wanted.items()]
         try:
-            self.module(self._input(x, normalize))
+            with evaluating(self.module):
+                self.module(self._input(x, normalize))
         except _StopForward:
             pass
         finally:
@@ -286,7 +322,8 @@ class Network(nn.Module):
     def _chain(self) -> tuple[dict[str, ReceptiveField | None], dict[str, tuple[int, ...]]]:
         x = torch.zeros(1, self.in_channels, self.input_size, self.input_size, device=self.device)
         names = {m: n for n, m in self.module.named_modules() if n}
-        return chain_receptive_fields(self.module, x, names)
+        with evaluating(self.module):
+            return chain_receptive_fields(self.module, x, names)
 
     def receptive_field(self, layer: str) -> ReceptiveField:
         """Receptive field of ``layer``: analytic on conv/pool chains, gradient probe otherwise."""
@@ -332,7 +369,8 @@ class Network(nn.Module):
             rfs, shapes = self._chain
         else:
             x = torch.zeros(1, self.in_channels, input_size, input_size, device=self.device)
-            rfs, shapes = chain_receptive_fields(self.module, x)
+            with evaluating(self.module):
+                rfs, shapes = chain_receptive_fields(self.module, x)
         if not shapes:
             raise DiversevisError(
                 f"a {input_size or self.input_size}px input is too small for every layer of {self.name}"

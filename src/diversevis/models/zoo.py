@@ -315,6 +315,7 @@ def load_model(
             f"unknown model {spec!r}.{did_you_mean(spec, MODELS)} Available: {', '.join(MODELS)}"
         )
     net.spec = spec
+    net.module.eval().requires_grad_(False)  # built here, so ours to freeze (a user's module never is)
     if device is not None:
         net.to(device)
     return net

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from diversevis.core.errors import DiversevisError
-from diversevis.core.network import Network
+from diversevis.core.network import Network, evaluating
 
 __all__ = ["SUPPORTED_MODULES", "DeconvStep", "trace_chain"]
 
-#: Leaf module types the DeconvNet walks through (BatchNorm2d only in eval mode with running statistics).
+#: Leaf module types the DeconvNet walks through (BatchNorm2d only with running statistics).
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.Conv2d,
     nn.ReLU,
@@ -75,8 +75,8 @@ def _unsupported_reason(m: nn.Module) -> str | None:
             return f"Conv2d with padding_mode={m.padding_mode!r}"
         if _conv_padding(m) is None:
             return "Conv2d with asymmetric 'same' padding"
-    if isinstance(m, nn.BatchNorm2d) and (m.training or m.running_var is None):
-        return "BatchNorm2d without running statistics (or in training mode)"
+    if isinstance(m, nn.BatchNorm2d) and m.running_var is None:  # the network always runs in eval mode
+        return "BatchNorm2d without running statistics"
     return None
 
 
@@ -162,7 +162,7 @@ def trace_chain(net: Network, layer: str, x: torch.Tensor) -> tuple[list[DeconvS
         listed = _group_problems(problems)
         raise DiversevisError(
             f"DeconvNet cannot project {net.display_name(layer)!r} of {net.name} back to pixels: unsupported "
-            f"modules up to it: {listed}. Supported: a chain of Conv2d, ReLU, MaxPool2d, BatchNorm2d (eval), "
+            f"modules up to it: {listed}. Supported: a chain of Conv2d, ReLU, MaxPool2d, BatchNorm2d (with running statistics), "
             "Identity and Dropout modules (VGG-style nn.Sequential stacks)"
         )
     return steps, out
@@ -203,7 +203,7 @@ def _record_leaf_calls(
                 handles.append(m.register_forward_pre_hook(pre_hook(name)))
                 handles.append(m.register_forward_hook(post_hook))
         handles.append(target.register_forward_hook(target_hook))
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(net.module):
             net.module(x)
     except _Stop:
         pass
