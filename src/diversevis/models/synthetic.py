@@ -153,7 +153,7 @@ def cell_network(kind: str, size: int = 16, channels: int = 3, **kw) -> Network:
     size : int
         Receptive-field size in pixels.
     """
-    cell = _CELLS[kind](size=size, channels=channels, **kw)
+    cell = _CELLS[kind](size=size, channels=channels, **kw).eval().requires_grad_(False)  # fixed weights
     return Network(
         cell,
         mean=[0.5] * channels,
