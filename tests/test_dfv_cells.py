@@ -138,5 +138,5 @@ def test_bad_requests_are_rejected_with_clear_messages(complex_cell):
         dv.diverse(complex_cell, "response", 0, n_images=1, norm=RHO)
     with pytest.raises(dv.DiversevisError, match="norm"):
         dv.diverse(complex_cell, "response", 0, norm=-1.0)
-    with pytest.raises(dv.DiversevisError, match="RGB|norm"):
-        dv.diverse(cell_network("complex", size=SIZE, channels=1), "response", 0)
+    with pytest.raises(dv.DiversevisError, match="RGB|norm"):  # gray (1) and RGB (3) have natural contrast
+        dv.diverse(cell_network("complex", size=SIZE, channels=2), "response", 0)

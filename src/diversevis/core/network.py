@@ -121,9 +121,15 @@ class Network(nn.Module):
         The spec that loads this model with :func:`diversevis.load_model` (set by the zoo; ``None`` for
         models built in Python).
     in_channels : int
-        Number of input channels (3 for RGB).
-    input_size : int
-        Default input side for :meth:`list_layers` (224 for ImageNet models).
+        Number of input channels (3 for RGB, 1 for grayscale).
+    input_size : int or (int, int)
+        The model's input size, a side or ``(height, width)`` (224 for ImageNet models; e.g.
+        ``(36, 64)`` for a readout model with a fixed-size core). Layer tables use it, and a target whose
+        output has no spatial dimensions (a readout or logit vector ``(B, N)``) is optimised on a whole
+        input of this size.
+
+    A ``torch.compile`` wrapper is unwrapped (its original module is hooked); a model whose parameters
+    are float64, float16 or bfloat16 gets its inputs cast to that dtype and gives float32 activations.
     """
 
     def __init__(
@@ -136,11 +142,12 @@ class Network(nn.Module):
         name: str | None = None,
         spec: str | None = None,
         in_channels: int = 3,
-        input_size: int = 224,
+        input_size: int | tuple[int, int] = 224,
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
             raise DiversevisError(f"Network needs an nn.Module, got {type(module).__name__}")
+        module = getattr(module, "_orig_mod", module)  # torch.compile's OptimizedModule
         if isinstance(module, torch.jit.ScriptModule):
             raise DiversevisError(
                 "TorchScript modules cannot be hooked layer by layer; pass the original Python nn.Module"
@@ -162,7 +169,8 @@ class Network(nn.Module):
         self.name = name or type(module).__name__
         self.spec = spec
         self.in_channels = in_channels
-        self.input_size = input_size
+        self.input_hw = _input_hw(input_size)
+        self.input_size = self.input_hw[0] if self.input_hw[0] == self.input_hw[1] else self.input_hw
         self._modules_by_name: dict[str, nn.Module] = {n: m for n, m in module.named_modules() if n}
         for alias, target in self.aliases.items():
             if target not in self._modules_by_name:
@@ -171,6 +179,7 @@ class Network(nn.Module):
                 )
         self._rf_cache: dict[str, ReceptiveField] = {}
         self._out_size_cache: dict[tuple[str, int], tuple[int, ...]] = {}
+        self._out_size_errors: dict[tuple[str, tuple[int, int]], str] = {}
 
     # ------------------------------------------------------------------ names
     @cached_property
@@ -229,8 +238,22 @@ class Network(nn.Module):
         self.channels_last = bool(enabled)
         return self
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the model's parameters (float32 when it has none)."""
+        for t in self.module.parameters():
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
     def _input(self, x: torch.Tensor, normalize: bool) -> torch.Tensor:
         x = self.normalize(x) if normalize else x
+        if x.dim() == 4 and x.shape[1] != self.in_channels:
+            raise DiversevisError(
+                f"{self.name} was wrapped for {self.in_channels}-channel inputs but got {x.shape[1]} channels"
+            )
+        if x.is_floating_point() and x.dtype != self.dtype:
+            x = x.to(self.dtype)  # a float64 / half model: its own dtype in, float32 out
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -293,11 +316,11 @@ class Network(nn.Module):
         missing = [p for p in wanted if p not in captured]
         if missing:
             raise DiversevisError(f"layers {missing} were not reached by the forward pass of {self.name}")
-        return {layer: captured[p] for layer, p in zip(layers, paths)}
+        return {layer: _float32(captured[p]) for layer, p in zip(layers, paths)}
 
     def output_shape(self, layer: str, size: int | tuple[int, int]) -> tuple[int, ...]:
         """Output shape ``(C, H, W)`` of ``layer`` for a square (or ``(H, W)``) input; ``()`` if too small."""
-        hw = (size, size) if isinstance(size, int) else tuple(size)
+        hw = _input_hw(size)
         key = (self.resolve(layer), hw)
         if key not in self._out_size_cache:
             x = torch.full((1, self.in_channels, *hw), 0.5, device=self.device)
@@ -305,22 +328,48 @@ class Network(nn.Module):
                 with torch.no_grad():
                     out = self.activations(x, [layer])[layer]
                 shape = tuple(out.shape[1:])
-            except RuntimeError:  # input too small for this layer
+            except RuntimeError as exc:  # input too small for this layer, or the model refuses the input
                 shape = ()
+                self._out_size_errors[key] = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             self._out_size_cache[key] = shape
         return self._out_size_cache[key]
 
     def channels(self, layer: str) -> int:
-        """Number of channels (units) of a layer."""
-        shape = self.output_shape(layer, self.input_size)
+        """Number of channels (units) of a layer: its output's first dimension after the batch.
+
+        Raises
+        ------
+        DiversevisError
+            When the model cannot run on a ``(1, in_channels, *input_size)`` input, naming the model's
+            error and the fix (channels, input size).
+        """
+        shape = self.output_shape(layer, self.input_hw)
         if not shape:
-            raise DiversevisError(f"layer {layer!r} produces no output for a {self.input_size}px input")
+            raise DiversevisError(self._no_output_message(layer))
         return int(shape[0])
+
+    def _no_output_message(self, layer: str) -> str:
+        """Why ``layer`` gave no output for the model's input size, and what to do about it."""
+        err = self._out_size_errors.get((self.resolve(layer), self.input_hw), "")
+        h, w = self.input_hw
+        size = f"{h}px" if h == w else f"{h}x{w}px"
+        found = _first_conv_channels(self.module)
+        if found is not None and found != self.in_channels:
+            return (
+                f"{self.name} takes {found}-channel inputs (its first convolution) but was wrapped for "
+                f"{self.in_channels}: pass in_channels={found} (CLI: --in-channels {found})"
+            )
+        hint = "; if the model needs another input size, pass input_size=(H, W) (CLI: --input-size H,W)"
+        return (
+            f"layer {layer!r} produces no output for a {self.in_channels}-channel {size} input"
+            + (f" (the model raised: {err})" if err else "")
+            + hint
+        )
 
     # -------------------------------------------------------- receptive fields
     @cached_property
     def _chain(self) -> tuple[dict[str, ReceptiveField | None], dict[str, tuple[int, ...]]]:
-        x = torch.zeros(1, self.in_channels, self.input_size, self.input_size, device=self.device)
+        x = torch.zeros(1, self.in_channels, *self.input_hw, device=self.device, dtype=self.dtype)
         names = {m: n for n, m in self.module.named_modules() if n}
         with evaluating(self.module):
             return chain_receptive_fields(self.module, x, names)
@@ -334,7 +383,7 @@ class Network(nn.Module):
                 rf = probe_receptive_field(
                     lambda z: self.activations(z, [path], normalize=False)[path],
                     self.in_channels,
-                    size=max(32, min(self.input_size, 64)),
+                    size=max(32, min(*self.input_hw, 64)),
                     device=self.device,
                 )
             self._rf_cache[path] = rf
@@ -365,10 +414,10 @@ class Network(nn.Module):
             (use :meth:`receptive_field` to probe one layer). Layers that the input is too small to reach
             are left out.
         """
-        if input_size is None or input_size == self.input_size:
+        if input_size is None or _input_hw(input_size) == self.input_hw:
             rfs, shapes = self._chain
         else:
-            x = torch.zeros(1, self.in_channels, input_size, input_size, device=self.device)
+            x = torch.zeros(1, self.in_channels, *_input_hw(input_size), device=self.device, dtype=self.dtype)
             with evaluating(self.module):
                 rfs, shapes = chain_receptive_fields(self.module, x)
         if not shapes:
@@ -392,6 +441,27 @@ class Network(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, in_channels={self.in_channels}, aliases={len(self.aliases)}"
+
+
+def _input_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` from a side or a pair of positive ints."""
+    hw = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise DiversevisError(f"input_size must be a side or (height, width) of positive ints, got {size!r}")
+    return hw
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """Activations of a float64 / half model as float32 (float32 and autocast outputs pass through)."""
+    return t.float() if t.dtype in (torch.float64, torch.float16) else t
+
+
+def _first_conv_channels(module: nn.Module) -> int | None:
+    """Input channels of the model's first convolution (``None`` without one)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return int(m.in_channels)
+    return None
 
 
 #: Loader of model spec strings (``"vgg16-paper"``, ``"file:net.pt"``), registered by the model registry

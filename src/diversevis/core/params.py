@@ -17,7 +17,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-__all__ = ["preconditioner_weights", "precondition", "fixed_norm", "PixelImage"]
+__all__ = ["preconditioner_weights", "precondition", "fixed_norm", "image_hw", "PixelImage"]
 
 
 def preconditioner_weights(
@@ -77,6 +77,11 @@ def precondition(x: torch.Tensor) -> torch.Tensor:
     return _Precondition.apply(x)
 
 
+def image_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of an image given by its side or by ``(height, width)``."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def fixed_norm(v: torch.Tensor, norm: torch.Tensor | float) -> torch.Tensor:
     """Scale each image of ``v`` (``(N, ...)``) to L2 norm ``norm`` (scalar or ``(N,)``)."""
     n = v.flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -92,8 +97,10 @@ class PixelImage(nn.Module):
     ----------
     n : int
         Number of images.
-    channels, size : int
-        Channels and side of each image (the receptive-field size of the target unit).
+    channels : int
+        Channels of each image.
+    size : int or (int, int)
+        Side (the receptive-field size of the target unit) or ``(height, width)`` of each image.
     norm : float or torch.Tensor
         L2 norm of each image minus mean grey, in display units (scalar or ``(n,)``).
     precondition : bool
@@ -101,14 +108,14 @@ class PixelImage(nn.Module):
     generator : torch.Generator, optional
         Source of the N(0, 1) initialisation (for reproducibility).
 
-    Calling the module returns the display-space images ``(n, channels, size, size)`` around grey 0.5.
+    Calling the module returns the display-space images ``(n, channels, height, width)`` around grey 0.5.
     """
 
     def __init__(
         self,
         n: int,
         channels: int,
-        size: int,
+        size: int | tuple[int, int],
         norm: float | torch.Tensor,
         *,
         precondition: bool = True,
@@ -116,7 +123,7 @@ class PixelImage(nn.Module):
         device=None,
     ) -> None:
         super().__init__()
-        raw = torch.randn(n, channels, size, size, generator=generator)
+        raw = torch.randn(n, channels, *image_hw(size), generator=generator)
         self.raw = nn.Parameter(raw.to(device))
         self.register_buffer("norm", torch.as_tensor(norm, dtype=torch.float32, device=device))
         self.use_precondition = precondition

@@ -88,23 +88,30 @@ class Placement:
 
     Attributes
     ----------
-    image_size : int
-        Side of the optimised image (= receptive-field size).
-    canvas_size : int
-        Side of the (mean-grey) canvas given to the network; equal to ``image_size`` for VALID networks.
+    image_size : int or (int, int)
+        Side of the optimised image (= receptive-field size); ``(height, width)`` when the image is the
+        model's whole (non-square) input.
+    canvas_size : int or (int, int)
+        Side of the (mean-grey) canvas given to the network; equal to ``image_size`` for VALID networks
+        and whole-input targets.
     offset : int
         Row/column of the image's top-left pixel in the canvas.
-    unit_index : int
-        Row/column index of the unit read in the layer's output map.
+    unit_index : int or None
+        Row/column index of the unit read in the layer's output map; ``None`` for a layer without
+        spatial dimensions (a ``(B, N)`` readout or logit vector), read as it is.
     misalignment : float
         Distance in pixels between the unit's RF centre and the image centre (0 when exact).
+    whole_input : bool
+        The image is the model's whole input: the target is a readout or logit vector, or a map that is
+        1x1 at the model's input size (global pooling), not one unit of a spatial map.
     """
 
-    image_size: int
-    canvas_size: int
+    image_size: int | tuple[int, int]
+    canvas_size: int | tuple[int, int]
     offset: int
-    unit_index: int
+    unit_index: int | None
     misalignment: float = 0.0
+    whole_input: bool = False
 
 
 def _pair(v) -> int | None:

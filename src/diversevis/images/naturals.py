@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
-import json
 import math
 import os
 import warnings
@@ -34,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diversevis.core.cache import atomic_write_json, cache_dir
 from diversevis.core.errors import DiversevisError
 
 __all__ = [
@@ -461,122 +459,5 @@ def sample_patches(
     return torch.from_numpy(patches).permute(0, 3, 1, 2).contiguous()
 
 
-# ------------------------------------------------------------------------------------------- statistics
-
-
-def _norm_cache_path(set_id: str, size: int, n: int, seed: int) -> Path:
-    name = (
-        f"norm_{size}.json"
-        if (n, seed) == (_DEFAULT_N, _DEFAULT_SEED)
-        else f"norm_{size}_n{n}_seed{seed}.json"
-    )
-    return cache_dir() / "naturals" / set_id / name
-
-
-def _read_norm_cache(path: Path, expected: dict) -> float | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or any(data.get(k) != v for k, v in expected.items()):
-        return None
-    norm = data.get("norm")
-    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not math.isfinite(norm):
-        return None
-    return float(norm)
-
-
-def natural_patch_norm(
-    size: int, *, folder: str | os.PathLike | None = None, n: int = _DEFAULT_N, seed: int = _DEFAULT_SEED
-) -> float:
-    """Mean L2 norm of mean-subtracted natural image patches of a given size.
-
-    Computes ``mean_i ||p_i - m||_2`` over ``n`` patches ``p_i`` drawn by :func:`sample_patches` (default
-    ``scales``), where ``m`` is :func:`dataset_mean` broadcast over the patch and the norm runs over all
-    ``3 * size * size`` values. Diverse feature visualization constrains each image's contrast to half of
-    this value.
-
-    The result is cached as JSON in ``cache_dir() / "naturals" / <image_set_id> / "norm_<size>.json"``
-    (``norm_<size>_n<n>_seed<seed>.json`` for non-default ``n`` or ``seed``), holding ``norm``,
-    ``rms_per_pixel``, ``n``, ``seed`` and ``scales``; later calls with the same arguments read it.
-
-    Parameters
-    ----------
-    size : int
-        Patch side in pixels (>= 1).
-    folder : str or path-like, optional
-        Image set, as in :func:`natural_images`.
-    n : int
-        Number of patches averaged (>= 1).
-    seed : int
-        Sampling seed.
-
-    Returns
-    -------
-    float
-        Mean patch norm in display units ([0, 1] per value).
-
-    Raises
-    ------
-    DiversevisError
-        As :func:`sample_patches`.
-    """
-    size = _check_positive_int("size", size)
-    n = _check_positive_int("n", n)
-    seed = _check_seed(seed)
-    key = _resolve_folder(folder)
-    set_id = _image_set_id(key)
-    scales = list(DEFAULT_SCALES)
-    expected = {"version": _METHOD_VERSION, "image_set_id": set_id, "size": size, "n": n, "seed": seed}
-    expected["scales"] = scales
-    path = _norm_cache_path(set_id, size, n, seed)
-    cached = _read_norm_cache(path, expected)
-    if cached is not None:
-        return cached
-
-    locs = _sample_locations(size, n, key, scales, seed)
-    mean = _dataset_mean(key).astype(np.float32)
-    chunk = max(1, _CHUNK_VALUES // (3 * size * size))
-    norms = np.empty(n, dtype=np.float64)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        diff = locs.crop(start, stop)
-        diff -= mean
-        flat = diff.reshape(stop - start, -1)
-        norms[start:stop] = np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
-    norm = float(norms.mean())
-    record = dict(expected)
-    record.update(
-        norm=norm,
-        rms_per_pixel=norm / math.sqrt(3 * size * size),
-        norm_std=float(norms.std()),
-        dataset_mean=[float(v) for v in mean],
-        n_images=len(_image_set(key)),
-        folder=key,
-    )
-    try:
-        atomic_write_json(path, record)
-    except OSError as exc:  # a read-only cache must not break the computation
-        warnings.warn(
-            f"could not cache natural patch norm in {str(path)!r}: {exc}", RuntimeWarning, stacklevel=2
-        )
-    return norm
-
-
-def natural_patch_rms(
-    size: int, *, folder: str | os.PathLike | None = None, n: int = _DEFAULT_N, seed: int = _DEFAULT_SEED
-) -> float:
-    """Root-mean-square contrast per value of natural patches: ``natural_patch_norm / sqrt(3 * size**2)``.
-
-    Parameters
-    ----------
-    size, folder, n, seed
-        As in :func:`natural_patch_norm`.
-
-    Returns
-    -------
-    float
-        RMS deviation from the dataset mean per pixel and channel, display units [0, 1] (multiply by 255
-        to compare with the 0--255 tables of the reference implementation).
-    """
-    return natural_patch_norm(size, folder=folder, n=n, seed=seed) / math.sqrt(3 * size * size)
+# The contrast statistics live in diversevis.images.patch_norms (imported at the end of this module).
+from diversevis.images.patch_norms import natural_patch_norm, natural_patch_rms  # noqa: E402

@@ -20,6 +20,7 @@ from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network, as_network
 from diversevis.core.objectives import Target, pairwise_rms_matrix, target_value
 from diversevis.core.optimize import OptimizeResult
+from diversevis.core.params import image_hw
 from diversevis.core.receptive import Placement, positions_inside
 from diversevis.core.result import Result
 from diversevis.core.spec import common_spec
@@ -64,40 +65,9 @@ class Problem:
             net.resolve(distance_layer)
         channels = net.channels(layer)
         target = Target(layer, unit, direction, metric).check(channels)
-        placement = net.placement(layer)
-        size = placement.image_size
-        if norm is None:
-            if not contrast > 0:
-                raise DiversevisError(
-                    f"contrast must be > 0 (a fraction of the natural-patch norm), got {contrast}"
-                )
-            if net.in_channels != 3:
-                raise DiversevisError(
-                    "natural-image contrast needs an RGB network; give an absolute norm= for "
-                    f"{net.in_channels}-channel inputs"
-                )
-            from diversevis.images.naturals import natural_patch_norm
-
-            norm = contrast * natural_patch_norm(size, folder=images_folder)
-        elif not norm > 0:
-            raise DiversevisError(f"norm must be > 0, got {norm}")
-        dslice = None
-        if distance_layer is not None:
-            shape = net.output_shape(distance_layer, placement.canvas_size)
-            if len(shape) != 3:
-                raise DiversevisError(
-                    f"distance layer {distance_layer!r} has no spatial output for a "
-                    f"{placement.canvas_size}px input; choose a lower layer"
-                )
-            rf_d = net.receptive_field(distance_layer)
-            lo, hi = placement.offset, placement.offset + size
-            try:
-                dslice = (positions_inside(rf_d, lo, hi, shape[1]), positions_inside(rf_d, lo, hi, shape[2]))
-            except ValueError:
-                raise DiversevisError(
-                    f"no unit of distance layer {distance_layer!r} lies over the {size}px image; "
-                    "choose a lower layer"
-                ) from None
+        placement = target_placement(net, layer)
+        norm = _image_norm(net, placement.image_size, contrast, norm, images_folder)
+        dslice = _distance_slice(net, distance_layer, placement) if distance_layer is not None else None
         d = target.vector(channels, device=net.device)
         return cls(net, target, d, placement, float(norm), distance_layer, dslice)
 
@@ -131,7 +101,8 @@ class Problem:
             layers.append(self.distance_layer)
         acts = self.net.activations(self.canvas(images), layers)
         i = self.placement.unit_index
-        a = acts[self.target.layer][:, :, i, i]
+        a = acts[self.target.layer]
+        a = a if i is None else a[:, :, i, i]
         feats = None
         if need_features:
             if self.distance_layer is None:
@@ -186,6 +157,79 @@ class Problem:
             natural_images=str(images) if images else "bundled",
             **({} if opt is None else opt.summary()),
         )
+
+
+#: Largest image side (px) a target may ask for; beyond it the layer's receptive field is refused.
+MAX_IMAGE_SIDE = 512
+
+
+def target_placement(net: Network, layer: str) -> Placement:
+    """Where the optimised image goes for ``layer``: an RF-sized patch, or the model's whole input.
+
+    A layer whose output has no spatial dimensions (``(B, N)``: readout neurons, logits) or is 1x1 at
+    the model's input size (after global pooling) is read on a whole input of ``net.input_size``; any
+    other layer on an image of its receptive field, placed so that one unit sees exactly that image.
+    """
+    shape = net.output_shape(layer, net.input_hw)
+    h, w = net.input_hw
+    if len(shape) == 1 or (len(shape) == 3 and shape[1:] == (1, 1)):
+        size = h if h == w else (h, w)
+        return Placement(size, size, 0, None if len(shape) == 1 else 0, whole_input=True)
+    if len(shape) != 3:
+        raise DiversevisError(
+            f"layer {layer!r} gives a {len(shape) + 1}-d output {tuple(shape)} per image; a target needs a "
+            "(B, C, H, W) map or a (B, N) vector"
+        )
+    rf = net.receptive_field(layer)
+    if rf.size > MAX_IMAGE_SIDE:
+        raise DiversevisError(
+            f"layer {layer!r} has a {rf.size}px receptive field (more than {MAX_IMAGE_SIDE}px): "
+            "visualising one of its units means optimising a huge image. Choose an earlier layer, or a "
+            "layer after global pooling / the readout, which is optimised on the model's input size"
+        )
+    return net.placement(layer)
+
+
+def _image_norm(
+    net: Network, size: int | tuple[int, int], contrast: float, norm: float | None, folder
+) -> float:
+    """The images' L2 norm: ``norm``, or ``contrast`` x the mean norm of natural patches of their shape."""
+    if norm is not None:
+        if not norm > 0:
+            raise DiversevisError(f"norm must be > 0, got {norm}")
+        return float(norm)
+    if not contrast > 0:
+        raise DiversevisError(f"contrast must be > 0 (a fraction of the natural-patch norm), got {contrast}")
+    if net.in_channels not in (1, 3):
+        raise DiversevisError(
+            "natural-image contrast is defined for RGB (3) and grayscale (1) inputs; give an absolute "
+            f"norm= (CLI --norm) for {net.in_channels}-channel inputs"
+        )
+    from diversevis.images.naturals import natural_patch_norm
+
+    return contrast * natural_patch_norm(size, channels=net.in_channels, folder=folder)
+
+
+def _distance_slice(net: Network, distance_layer: str, placement: Placement) -> tuple[slice, slice]:
+    """The positions of ``distance_layer`` whose receptive fields lie over the image."""
+    canvas = placement.canvas_size
+    shape = net.output_shape(distance_layer, canvas)
+    if len(shape) != 3:
+        raise DiversevisError(
+            f"distance layer {distance_layer!r} has no spatial output for a "
+            f"{canvas}px input; choose a lower layer"
+        )
+    if placement.whole_input:
+        return slice(None), slice(None)
+    rf_d = net.receptive_field(distance_layer)
+    size = placement.image_size
+    lo, hi = placement.offset, placement.offset + size
+    try:
+        return positions_inside(rf_d, lo, hi, shape[1]), positions_inside(rf_d, lo, hi, shape[2])
+    except ValueError:
+        raise DiversevisError(
+            f"no unit of distance layer {distance_layer!r} lies over the {size}px image; choose a lower layer"
+        ) from None
 
 
 def resolve_mei(
@@ -291,7 +335,9 @@ def _check_units(net: Network, layer: str, units: Sequence[int]) -> list[int]:
     return units
 
 
-def _seeded_images(groups: int, n: int, channels: int, size: int, seed: int) -> torch.Tensor:
+def _seeded_images(
+    groups: int, n: int, channels: int, size: int | tuple[int, int], seed: int
+) -> torch.Tensor:
     """The initial raw images of ``groups`` runs that each start like a single run with ``seed``."""
-    one = torch.randn(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
+    one = torch.randn(n, channels, *image_hw(size), generator=torch.Generator().manual_seed(seed))
     return one.repeat(groups, 1, 1, 1)
