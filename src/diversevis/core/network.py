@@ -318,6 +318,43 @@ class Network(nn.Module):
             raise DiversevisError(f"layers {missing} were not reached by the forward pass of {self.name}")
         return {layer: _float32(captured[p]) for layer, p in zip(layers, paths)}
 
+    def pre_activation(self, layer: str) -> str | None:
+        """The layer just before the rectifier that produces ``layer``'s output, if it ends in one.
+
+        Runs one forward pass on a grey input and records the leaf modules called inside ``layer``'s
+        module (or ``layer`` itself when it is a leaf): if the last is a ReLU-like rectifier, the name
+        of the last other leaf called before it (e.g. ``layer1.1.bn2`` for a ResNet block's output;
+        the residual sum, if any, sits between the two).
+        """
+        path = self.resolve(layer)
+        inside = {
+            m: n for n, m in self.module.named_modules() if n and (n == path or n.startswith(path + "."))
+        }
+        order: list[str] = []
+        hooks = [
+            m.register_forward_hook(lambda mod, i, o, name=name: order.append(name))
+            for m, name in inside.items()
+            if next(m.children(), None) is None
+        ]
+        try:
+            x = torch.full((1, self.in_channels, *self.input_hw), 0.5, device=self.device)
+            with torch.no_grad():
+                self.activations(x, [path])
+        except (DiversevisError, RuntimeError):
+            return None
+        finally:
+            for h in hooks:
+                h.remove()
+        rectifiers = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Softplus)
+        if not order or not isinstance(self._modules_by_name[order[-1]], rectifiers):
+            return None
+        before = [n for n in order if not isinstance(self._modules_by_name[n], rectifiers)]
+        if before:
+            return self._alias_of.get(before[-1], before[-1])
+        names = list(self._modules_by_name)  # a bare ReLU layer: the module registered before it
+        i = names.index(path)
+        return self._alias_of.get(names[i - 1], names[i - 1]) if i > 0 else None
+
     def output_shape(self, layer: str, size: int | tuple[int, int]) -> tuple[int, ...]:
         """Output shape ``(C, H, W)`` of ``layer`` for a square (or ``(H, W)``) input; ``()`` if too small."""
         hw = _input_hw(size)

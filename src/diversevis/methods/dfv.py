@@ -15,6 +15,7 @@ once: :mod:`diversevis.methods.dfv_units`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from diversevis.core.optimize import StepInfo, optimize
 from diversevis.core.params import PixelImage
 from diversevis.core.result import Result
 from diversevis.core.spec import versions  # noqa: F401 (imported from here by older code)
+from diversevis.methods.dead_starts import alive_starts, dead_images, dead_unit_message, starts_spec
 from diversevis.methods.dfv_units import diverse_units, mei_units
 from diversevis.methods.problem import (
     Problem,
@@ -128,24 +130,30 @@ def run_mei(
         device=net.device,
     )
 
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        return -prob.evaluate(x, need_features=False)[0].mean()
+    def values(x: torch.Tensor) -> torch.Tensor:
+        return prob.evaluate(x, need_features=False)[0]
 
-    opt = optimize(
-        param,
-        loss_fn,
-        lr=s.lr,
-        max_iter=s.max_iter,
-        patience=s.patience,
-        ema=s.ema,
-        precision=s.precision,
-        progress=progress,
-        desc=f"MEI {net.display_name(layer)}:{unit}",
-        callbacks=callbacks,
-    )
+    context, redraws, redirected = alive_starts(param, values, s.seed, s.restarts, net.module)
+    with context:
+        opt = optimize(
+            param,
+            lambda x: -values(x).mean(),
+            lr=s.lr,
+            max_iter=s.max_iter,
+            patience=s.patience,
+            ema=s.ema,
+            precision=s.precision,
+            progress=progress,
+            desc=f"MEI {net.display_name(layer)}:{unit}",
+            callbacks=callbacks,
+        )
     with torch.no_grad():
-        acts = prob.evaluate(opt.images, need_features=False)[0]
-    return _mei_result(prob, opt, acts, s.spec())
+        acts = values(opt.images)
+    res = _mei_result(prob, opt, acts, s.spec(), **starts_spec(redraws, redirected))
+    if not res.mei_activation > 0:
+        res.spec["dead_unit"] = dead_unit_message(net, layer, unit)
+        warnings.warn(res.spec["dead_unit"], RuntimeWarning, stacklevel=3)
+    return res
 
 
 def diverse(
@@ -317,21 +325,24 @@ def run_diverse(
     )
     loss_fn = _diverse_loss(prob, s, prior_model)
     label = f"diverse {net.display_name(layer)}:{unit if unit is not None else 'dir'}"
-    opt = optimize(
-        param,
-        loss_fn,
-        lr=s.lr,
-        max_iter=s.max_iter,
-        patience=s.patience,
-        ema=s.ema,
-        precision=s.precision,
-        progress=progress,
-        desc=label,
-        callbacks=callbacks,
-    )
+    values = lambda x: prob.evaluate(x, need_features=False)[0]  # noqa: E731
+    context, redraws, redirected = alive_starts(param, values, s.seed, s.n_images, net.module)
+    with context:
+        opt = optimize(
+            param,
+            loss_fn,
+            lr=s.lr,
+            max_iter=s.max_iter,
+            patience=s.patience,
+            ema=s.ema,
+            precision=s.precision,
+            progress=progress,
+            desc=label,
+            callbacks=callbacks,
+        )
     with torch.no_grad():
         acts, feats = prob.evaluate(opt.images)
-    spec = s.spec(mei_computed=mei is True)
+    spec = {**s.spec(mei_computed=mei is True), **starts_spec(redraws, redirected), **dead_images(acts)}
     if prior_model is not None:
         spec.update(_prior_spec(prior, prior_model, opt.images, s.prior_weight))
     return _diverse_result(prob, opt, acts, feats, mei_res, mei_act, spec)

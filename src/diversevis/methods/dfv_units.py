@@ -20,6 +20,7 @@ from diversevis.core.objectives import diversity_value
 from diversevis.core.optimize import OptimizeResult, optimize_groups
 from diversevis.core.params import PixelImage
 from diversevis.core.result import Result
+from diversevis.methods.dead_starts import alive_starts, dead_images, starts_spec
 from diversevis.methods.problem import (
     Problem,
     _check_units,
@@ -92,12 +93,12 @@ def run_mei_units(
         uidx = unit_t[groups].repeat_interleave(R)
         return -a[torch.arange(len(x), device=x.device), uidx].view(-1, R).mean(1)
 
-    runs = _optimize_units(prob, units, R, s, loss_fn, f"MEI {net.display_name(layer)}", progress)
+    runs, starts = _optimize_units(prob, units, R, s, loss_fn, f"MEI {net.display_name(layer)}", progress)
     out = []
-    for u, opt in zip(units, runs):
+    for u, opt, st in zip(units, runs, starts):
         with torch.no_grad():
             a, _ = prob.read(opt.images, need_features=False)
-        out.append(_mei_result(prob, opt, a[:, u], s.spec(), unit=u, batched_units=len(units)))
+        out.append(_mei_result(prob, opt, a[:, u], s.spec(), unit=u, batched_units=len(units), **st))
     return out
 
 
@@ -185,18 +186,15 @@ def run_diverse_units(
             loss = loss - s.diversity * diversity_value(f.reshape(-1, N, *f.shape[1:]), s.distance, s.tau)
         return loss
 
-    runs = _optimize_units(prob, units, N, s, loss_fn, f"diverse {net.display_name(layer)}", progress)
+    runs, starts = _optimize_units(prob, units, N, s, loss_fn, f"diverse {net.display_name(layer)}", progress)
     spec = s.spec(mei_computed=mei is True)
     out = []
-    for u, opt, m in zip(units, runs, meis):
+    for u, opt, m, st in zip(units, runs, meis, starts):
         mei_res, mei_act = resolve_mei(m, lambda: None)
         with torch.no_grad():
             a, feats = prob.read(opt.images)
-        out.append(
-            _diverse_result(
-                prob, opt, a[:, u], feats, mei_res, mei_act, spec, unit=u, batched_units=len(units)
-            )
-        )
+        extra = {**st, **dead_images(a[:, u]), "unit": u, "batched_units": len(units)}
+        out.append(_diverse_result(prob, opt, a[:, u], feats, mei_res, mei_act, spec, **extra))
     return out
 
 
@@ -251,8 +249,11 @@ def _optimize_units(
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     desc: str,
     progress: bool,
-) -> list[OptimizeResult]:
-    """Optimise ``n`` images per unit, one group per unit, from the one-unit run's seeded start."""
+) -> tuple[list[OptimizeResult], list[dict]]:
+    """Optimise ``n`` images per unit, one group per unit, from the one-unit run's seeded start.
+
+    Returns the runs and, per unit, the run-spec entries of the dead-start handling (:func:`starts_spec`).
+    """
     net, G, size = prob.net, len(units), prob.placement.image_size
     param = PixelImage(
         G * n, net.in_channels, size, prob.norm, precondition=s.precondition, device=net.device
@@ -260,16 +261,24 @@ def _optimize_units(
     with torch.no_grad():
         param.raw.copy_(_seeded_images(G, n, net.in_channels, size, s.seed))
     unit_t = torch.tensor(units, device=net.device)
-    return optimize_groups(
-        param,
-        lambda x, groups: loss_fn(x, groups, unit_t),
-        groups=G,
-        lr=s.lr,
-        max_iter=s.max_iter,
-        patience=s.patience,
-        ema=s.ema,
-        precision=s.precision,
-        progress=progress,
-        desc=f"{desc} x{G}",
-        compact=True,
-    )
+    per_image = unit_t.repeat_interleave(n)
+
+    def values(x: torch.Tensor) -> torch.Tensor:
+        return prob.read(x, need_features=False)[0][torch.arange(len(x), device=x.device), per_image]
+
+    context, redraws, redirected = alive_starts(param, values, s.seed, n, net.module)
+    with context:
+        runs = optimize_groups(
+            param,
+            lambda x, groups: loss_fn(x, groups, unit_t),
+            groups=G,
+            lr=s.lr,
+            max_iter=s.max_iter,
+            patience=s.patience,
+            ema=s.ema,
+            precision=s.precision,
+            progress=progress,
+            desc=f"{desc} x{G}",
+            compact=True,
+        )
+    return runs, [starts_spec(r, redirected) for r in redraws.view(G, n)]

@@ -6,7 +6,7 @@ Modules: ``actmax`` (activation maximisation with FFT/decorrelated parametrisati
 (Bau et al. IoU against concept masks). Each has its subcommand in :mod:`diversevis.cli` (``cli/<command>.py``).
 
 Larger methods keep their parts in sibling modules named after them, re-exported by the method's module:
-``actmax_relu`` (redirected ReLU gradients), ``deconvnet_trace`` (the forward chain of leaf modules),
+``deconvnet_trace`` (the forward chain of leaf modules),
 ``deconvnet_result``, ``multifaceted_facets`` (exemplars, embedding, k-means facets),
 ``multifaceted_result``, ``multifaceted_settings``, ``dissection_stats`` (quantiles, masks, IoU
 counts), ``dissection_result``; ``concepts`` holds dissection's datasets and ``_checks`` the shared

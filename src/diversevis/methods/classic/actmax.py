@@ -12,7 +12,7 @@ solutions (Lucid's recipe, re-implemented):
 * **random transforms** (:class:`~diversevis.transforms.RandomTransforms`): grey padding, jitter, scale
   and rotation drawn independently for every image at every step;
 * optional **L1** (distance from grey) and **total-variation** penalties;
-* optional **redirected ReLU** gradients (:class:`RedirectedReLU`, from :mod:`.actmax_relu`) during
+* optional **redirected ReLU** gradients (:class:`RedirectedReLU`, from :mod:`diversevis.core.redirect`) during
   the first steps, for units whose images stay grey because every path to them starts dead.
 
 Target: for a convolutional layer the unit at the spatial position whose receptive-field centre is
@@ -38,11 +38,11 @@ from diversevis.core.network import Network, as_network
 from diversevis.core.objectives import pairwise_rms_matrix
 from diversevis.core.optimize import OptimizeResult, StepInfo, optimize
 from diversevis.core.params import CONSTRAINTS, DecorrelatedImage
+from diversevis.core.redirect import RedirectedReLU, redirected_relu, redirected_relu_grad
 from diversevis.core.result import Result
 from diversevis.core.settings import Settings
 from diversevis.core.transforms import RandomTransforms
 from diversevis.images.color import natural_color_matrix
-from diversevis.methods.classic.actmax_relu import RedirectedReLU, redirected_relu, redirected_relu_grad
 from diversevis.methods.classic.inversion import tv_norm
 from diversevis.methods.dfv import versions
 
