@@ -146,3 +146,16 @@ def test_a_layer_with_a_huge_receptive_field_is_refused():
     net = dv.Network(nn.Sequential(*layers), input_size=256)
     with pytest.raises(dv.DiversevisError, match=r"receptive field \(more than 512px\).*earlier layer"):
         dv.mei(net, "10", 0, norm=1.0)
+
+
+def test_resnet18_layout_receptive_fields_match_the_analytic_values():
+    from layouts import ResNet18
+
+    torch.manual_seed(0)
+    net = dv.Network(ResNet18().eval(), input_size=224)
+    expected = {"conv1": 7, "maxpool": 11, "layer1": 43, "layer2": 99, "layer3": 211, "layer4": 435}
+    assert {name: net.receptive_field(name).size for name in expected} == expected
+    assert net.pre_activation("layer1") == "layer1.1.bn2"  # the block output is rectified
+    assert net.pre_activation("layer1.1.bn2") is None
+    logits = dv.mei(net, "fc", 3, norm=5.0, max_iter=5, restarts=1)
+    assert logits.images.shape == (1, 3, 224, 224)
