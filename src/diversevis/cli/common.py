@@ -74,13 +74,48 @@ unit_float = number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Add ``--model``, ``--device``, ``--allow-pickle``, ``--naturals`` and ``--channels-last`` to ``p``."""
+    """Add ``--model`` with its options (``--model-arg``, ``--mean``, ``--std``, ``--in-channels``,
+    ``--input-size``), ``--device``, ``--allow-pickle``, ``--naturals`` and ``--channels-last`` to ``p``."""
     p.add_argument(
         "--model",
         "-m",
         required=True,
-        help="model spec: vgg16, vgg16-paper, efficientnet-lite0, cell:complex, file:PATH, torchvision:NAME[@PATH] "
+        help="model spec: vgg16, vgg16-paper, efficientnet-lite0, cell:complex, your own MODULE:FUNCTION "
+        "(e.g. my_pkg.models:build), file:PATH, torchvision:NAME[@PATH], timm:NAME[@PATH] "
         "(see `diversevis models`)",
+    )
+    g = p.add_argument_group("your own model (MODULE:FUNCTION, file:, torchvision:, timm:)")
+    g.add_argument(
+        "--model-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        default=None,
+        help="keyword argument of the model function (repeatable; VALUE is a Python literal, else a string), "
+        "e.g. --model-arg depth=3; pretrained=False for torchvision:/timm: random weights",
+    )
+    g.add_argument(
+        "--mean",
+        metavar="M[,M,...]",
+        default=None,
+        help="input mean in display units [0, 1], one per channel or one for all (default: 0; torchvision: ImageNet)",
+    )
+    g.add_argument(
+        "--std",
+        metavar="S[,S,...]",
+        default=None,
+        help="input std in display units, one per channel or one for all (default: 1; torchvision: ImageNet)",
+    )
+    g.add_argument(
+        "--in-channels",
+        type=positive_int,
+        default=None,
+        help="input channels, e.g. 1 for grayscale (default: from --mean/--std or the first convolution)",
+    )
+    g.add_argument(
+        "--input-size",
+        metavar="H,W",
+        default=None,
+        help="the model's input size: a side or HEIGHT,WIDTH (default: 224)",
     )
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument(
@@ -211,10 +246,27 @@ def out_dir(args, net) -> Path:
 
 
 def load(args):
-    """Load ``--model`` with ``--device``, ``--allow-pickle``, ``--naturals`` and ``--channels-last``."""
+    """Load ``--model`` with its options, ``--device``, ``--allow-pickle``, ``--naturals``, ``--channels-last``.
+
+    Raises
+    ------
+    DiversevisError
+        For a malformed ``--model-arg``, ``--mean``, ``--std`` or ``--input-size``, and every model error.
+    """
+    from diversevis.models.user import parse_model_args
     from diversevis.models.zoo import load_model
 
-    net = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle, images=args.naturals)
+    net = load_model(
+        args.model,
+        device=args.device,
+        allow_pickle=args.allow_pickle,
+        images=args.naturals,
+        mean=getattr(args, "mean", None),
+        std=getattr(args, "std", None),
+        in_channels=getattr(args, "in_channels", None),
+        input_size=getattr(args, "input_size", None),
+        model_args=parse_model_args(getattr(args, "model_arg", None)),
+    )
     return net.use_channels_last() if getattr(args, "channels_last", False) else net
 
 

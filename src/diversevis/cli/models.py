@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from diversevis.cli.common import add_model_args, load, positive_int
+from diversevis.cli.common import add_model_args, load
 
 __all__ = ["COMMANDS", "add_models_parser", "run_models", "add_layers_parser", "run_layers"]
 
@@ -23,11 +23,30 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> int | tuple[int, int]:
+    """``--size``: a side or ``HEIGHT,WIDTH`` (an argparse ``type=``)."""
+    from diversevis.core.errors import DiversevisError
+    from diversevis.models.user import parse_input_size
+
+    try:
+        return parse_input_size(text)
+    except DiversevisError:
+        raise argparse.ArgumentTypeError(
+            f"expected a side or HEIGHT,WIDTH of positive integers, got {text!r}"
+        ) from None
+
+
 def add_layers_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``layers`` subcommand to ``sub`` and return its parser."""
     p = sub.add_parser("layers", help="list a model's layers with output shapes and receptive fields")
     add_model_args(p)
-    p.add_argument("--size", type=positive_int, default=None, help="input side for the shapes (default: 224)")
+    p.add_argument(
+        "--size",
+        type=_size,
+        metavar="SIDE|H,W",
+        default=None,
+        help="input size for the shapes: a side or HEIGHT,WIDTH (default: the model's input size, see --input-size)",
+    )
     return p
 
 

