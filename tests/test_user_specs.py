@@ -471,6 +471,10 @@ def test_cli_diverse_records_the_model_spec(capsys, mymod, tmp_path):
     assert rc == 0, err
     spec = json.loads((out_dir / "result.json").read_text())["spec"]
     assert spec["model"] == "mymod:build"
+    # the run spec holds what reloads the same model: spec string and load arguments
+    assert spec["model_spec"] == "mymod:build"
+    again = load_model(spec["model_spec"], **spec["model_load_args"])
+    assert (again.in_channels, list(again.mean.flatten())) == (1, spec["model_load_args"]["mean"])
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,8 @@ class Problem:
         t = self.target
         return {
             "model": self.net.name,
+            "model_spec": self.net.spec,
+            "model_load_args": getattr(self.net, "load_args", None) or None,
             "layer": self.net.display_name(t.layer),
             "layer_path": self.net.resolve(t.layer),
             "unit": t.unit,

@@ -172,7 +172,7 @@ def sweep(
         images=images,
         precision=precision,
     )
-    store = _open_store(out, settings.stored(net.spec or net.name), force)
+    store = _open_store(out, settings.stored(net.spec or net.name, getattr(net, "load_args", None)), force)
     tasks = _plan(
         net,
         store,

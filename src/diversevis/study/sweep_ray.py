@@ -161,7 +161,8 @@ def _start_actors(
     # file: paths may not exist on other nodes (and may need allow_pickle): ship those objects
     errors: list[str | None] = ["no zoo spec"]
     if net.spec and not net.spec.startswith("file:"):
-        errors = start(("spec", net.spec, ({"images": images}, _fingerprint(net))))
+        kwargs = {"images": images, **(getattr(net, "load_args", None) or {})}
+        errors = start(("spec", net.spec, (kwargs, _fingerprint(net))))
     if any(errors):
         for a in actors:
             ray.kill(a)

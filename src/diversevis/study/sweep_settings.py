@@ -50,11 +50,12 @@ class SweepSettings(Settings):
             raise DiversevisError(f"unknown tests {unknown}; choose from {', '.join(TESTS)}")
         check_precision(self.precision)
 
-    def stored(self, model: str) -> dict[str, Any]:
+    def stored(self, model: str, load_args: dict[str, Any] | None = None) -> dict[str, Any]:
         """The settings a sweep stores and a resumed sweep must match (``store.get_meta("settings")``).
 
-        The tests and the natural-image folder are not part of it (a sweep may add a test later), and
-        ``precision`` is absent for fp32, so that stores written before it existed still resume.
+        The tests and the natural-image folder are not part of it (a sweep may add a test later);
+        ``precision`` is absent for fp32, and ``model_load_args`` (the normalisation, channels and input
+        size of a user's model spec) when empty, so that stores written before them still resume.
         """
         settings = {
             "model": model,
@@ -69,6 +70,8 @@ class SweepSettings(Settings):
         }
         if check_precision(self.precision) != "fp32":
             settings["precision"] = self.precision
+        if load_args:
+            settings["model_load_args"] = load_args
         return settings
 
     def mei_settings(self) -> MEISettings:
