@@ -31,7 +31,9 @@ def cells():
 
 @pytest.fixture(scope="module")
 def results(cells):
-    return {k: phase_test(net, "response", 0, norm=NORM) for k, net in cells.items()}
+    # each cell's MEI at the grating norm (short runs: the best grating reaches 0.46-0.67 of it)
+    meis = {k: dv.mei(net, "response", 0, norm=NORM, restarts=2, max_iter=300) for k, net in cells.items()}
+    return {k: phase_test(net, "response", 0, norm=NORM, mei=meis[k]) for k, net in cells.items()}
 
 
 def _rectified_cosine_ratio(c: float, a: float) -> float:
@@ -106,7 +108,7 @@ def test_modulation_ratio_closed_forms():
 def test_simple_cell_is_simple_like(results):
     r = results["simple"]
     assert r.f1_f0 > 1 and r.f1_f0 == pytest.approx(math.pi / 2, abs=0.1)
-    assert r.kind == "simple-like"
+    assert r.kind == r.label == "simple-like" and r.drives  # best grating 0.67 of the MEI
     # gabor(theta=0) varies along x, as does grating(theta=0): the same orientation convention
     assert min(r.orientation, math.pi - r.orientation) < 1e-9
     assert abs(math.log(r.frequency * 6.0)) <= _step(r.frequencies)  # wavelength 6 px
@@ -118,7 +120,7 @@ def test_simple_cell_is_simple_like(results):
 
 def test_complex_cell_is_complex_like(results):
     r = results["complex"]
-    assert r.f1_f0 < 0.3 and r.kind == "complex-like"
+    assert r.f1_f0 < 0.3 and r.kind == r.label == "complex-like" and r.drives  # 0.46 of the MEI
     assert r.f1_f0 < 1e-3  # closed form: an energy unit has no first harmonic
     assert min(r.orientation, math.pi - r.orientation) < 1e-9
     assert abs(math.log(r.frequency * 6.0)) <= _step(r.frequencies)
@@ -147,6 +149,8 @@ def test_grids_and_spec(results):
     assert s["method"] == "phase" and s["norm"] == NORM and s["image_size"] == SIZE
     assert (s["orientations"], s["frequencies"], s["phases"], s["fine_phases"]) == (16, 12, 8, 32)
     assert "versions" in s and "created" in s and s["contrast"] is None
+    assert s["drive_threshold"] == 0.3 and s["mei_restarts"] is None  # the MEI was given
+    assert s["mei_seconds"] > 0 and r.mei_activation > r.max_response
     # explicit grids
     e = phase_test(
         cell_network("simple", size=SIZE),
@@ -157,7 +161,9 @@ def test_grids_and_spec(results):
         frequencies=[1 / 6],
         phases=4,
         fine_phases=16,
+        mei=False,
     )
+    assert e.spec["mei_restarts"] is None and e.drives is None
     assert e.orientation == 0.0 and e.frequency == pytest.approx(1 / 6)
     assert e.f1_f0 == pytest.approx(math.pi / 2, abs=0.1)
 
@@ -183,7 +189,7 @@ def test_vgg_conv1_1_units_are_linear_and_oriented_ones_simple_like(vgg16_paper,
             assert o.min() < 0.2 * o.max()  # orientation selective
             assert r.f1_f0 == pytest.approx(math.pi / 2, abs=0.05)
         # padded vgg16 differs from vgg16-paper by a positive rescaling of each channel: same ratio
-        p = phase_test(vgg16, "conv1_1", u, norm=r.spec["norm"])
+        p = phase_test(vgg16, "conv1_1", u, norm=r.spec["norm"], mei=False)
         assert p.f1_f0 == pytest.approx(r.f1_f0, rel=1e-4)
         assert p.orientation == r.orientation and p.frequency == r.frequency
 
@@ -195,7 +201,8 @@ def test_save_writes_plot_and_json(results, tmp_path):
     assert (out / "phase.png").is_file() and (out / "phase.json").is_file()
     meta = json.loads((out / "phase.json").read_text())
     assert meta["metrics"]["f1_f0"] == pytest.approx(results["simple"].f1_f0)
-    assert meta["metrics"]["kind"] == "simple-like"
+    assert meta["metrics"]["kind"] == "simple-like" and meta["metrics"]["label"] == "simple-like"
+    assert meta["metrics"]["drives"] is True and meta["metrics"]["grating_ratio"] > 0.3
     assert meta["spec"]["method"] == "phase" and meta["spec"]["unit"] == 0
     assert len(meta["curves"]["phase_curve"]) == 32
     with Image.open(out / "phase.png") as im:
@@ -206,15 +213,18 @@ def test_save_writes_plot_and_json(results, tmp_path):
 def test_never_firing_unit_gives_nan_and_valid_json(cells, tmp_path):
     pytest.importorskip("matplotlib")
     # mse target -(a - 100)^2 is never positive: the rate is 0 over the whole cycle
-    r = phase_test(cells["complex"], "response", direction=[100.0], metric="mse", norm=NORM, phases=2)
+    r = phase_test(
+        cells["complex"], "response", direction=[100.0], metric="mse", norm=NORM, phases=2, mei=False
+    )
     assert isinstance(r, PhaseResult) and math.isnan(r.f1_f0) and r.kind is None and r.f0 == 0
+    assert r.label.startswith("undefined") and "never fires" in r.nan_cause()
     r.save(tmp_path)
 
     def no_constants(x):
         raise AssertionError(f"non-JSON constant {x}")
 
     meta = json.loads((tmp_path / "phase.json").read_text(), parse_constant=no_constants)
-    assert meta["metrics"]["f1_f0"] is None
+    assert meta["metrics"]["f1_f0"] is None and meta["metrics"]["label"] == r.label
 
 
 def test_bad_arguments_raise(cells):

@@ -120,12 +120,29 @@ def _print_summary(res, command: str, out) -> None:
     )
     if m["ratios"] is not None and command == "diverse":
         print(f"  ratio to MEI: min {m['min_ratio']:.3f}, mean {m['mean_ratio']:.3f}")
+    _print_shown(m)
     if m["min_distance"] is not None:
         where = spec.get("distance_layer") or "pixels"
         print(
             f"  min pairwise RMS distance ({where}): {m['min_distance']:.4g}, mean {m['mean_distance']:.4g}"
         )
     print(f"  wrote {out / 'grid.png'}, {out / 'images.npz'}, {out / 'result.json'}")
+
+
+def _print_shown(m: dict) -> None:
+    """The activation of the images as the PNG stores them (clipped to [0, 1], 8-bit), if measured."""
+    if m.get("shown_activations") is None:
+        return
+    acts = ", ".join(f"{a:.3g}" for a in m["shown_activations"])
+    loss = m["shown_loss"]
+    vs = (
+        ""
+        if loss is None
+        else f"mean {m['shown_mean_activation']:.4g}, {loss:.1%} below the optimised images; "
+    )
+    print(
+        f"  activation of the saved PNG images: {acts}  ({vs}{m['clipped_fraction']:.2%} of pixel values clipped)"
+    )
 
 
 #: ``(add_parser, run)`` of each subcommand of this module, in ``diversevis --help`` order.

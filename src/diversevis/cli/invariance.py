@@ -21,7 +21,8 @@ from diversevis.cli.common import (
     unit_float,
 )
 from diversevis.core.errors import DiversevisError
-from diversevis.methods.settings import ShiftSettings
+from diversevis.methods.phase_result import DRIVE_THRESHOLD
+from diversevis.methods.settings import MEISettings, ShiftSettings
 
 __all__ = [
     "COMMANDS",
@@ -113,6 +114,19 @@ def add_phase_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument(
         "--fine-phases", type=positive_int, default=32, help="phases of the final sweep (default: 32)"
     )
+    p.add_argument(
+        "--drive-threshold",
+        type=unit_float,
+        default=DRIVE_THRESHOLD,
+        help="fraction of the MEI the best grating must reach for a simple-/complex-like label "
+        f"(default: {DRIVE_THRESHOLD})",
+    )
+    p.add_argument(
+        "--mei-restarts",
+        type=positive_int,
+        default=MEISettings.restarts,
+        help=f"restarts of the MEI the best grating is compared with (default: {MEISettings.restarts})",
+    )
     add_out_args(p)
     return p
 
@@ -135,16 +149,31 @@ def run_phase(args: argparse.Namespace) -> int:
         phases=args.phases,
         fine_phases=args.fine_phases,
         images=args.naturals,
+        mei_restarts=args.mei_restarts,
+        drive_threshold=args.drive_threshold,
     )
+    if res.nan_cause():
+        raise DiversevisError(res.nan_cause())
     out = res.save(out_dir(args, net))
-    kind = "complex-like" if res.f1_f0 < 1 else "simple-like"
+    _print_phase(res, out)
+    return 0
+
+
+def _print_phase(res, out) -> None:
+    """The preferred grating, how well it drives the unit, F1/F0 with its label (or flag), the files."""
     print(
         f"{res.spec['model']} {res.spec['layer']} unit {res.spec['unit']}: preferred orientation "
         f"{math.degrees(res.orientation):.1f} deg, frequency {res.frequency:.3f} cycles/px"
     )
-    print(f"  F1/F0 = {res.f1_f0:.3f} ({kind})")
+    g = res.grating_ratio
+    if g is not None:
+        print(
+            f"  best grating: {res.max_response:.4g} = {g:.1%} of the MEI ({res.mei_activation:.4g}); "
+            f"a label needs {res.drive_threshold:.0%}"
+        )
+    flag = res.flag()
+    print(f"  F1/F0 = {res.f1_f0:.3f} ({'flagged: ' + flag if flag else res.label})")
     print(f"  wrote {out / 'phase.png'}, {out / 'phase.json'}")
-    return 0
 
 
 def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -5,15 +5,24 @@ so a directory with a ``result.json`` always holds a complete result:
 
 * ``grid.png``: the MEI (if known) and the images, each labelled with its activation and ratio to the MEI;
 * ``images.npz``: ``images`` ``(N, C, H, W)`` float32 display space, ``activations``, ``ratios``,
-  ``distances`` ``(N, N)``, ``loss_history`` and ``mei_image``;
+  ``distances`` ``(N, N)``, ``loss_history``, ``mei_image`` and (when measured) ``shown_activations``;
 * ``result.json``: the run spec (model, layer, unit, every hyperparameter, seed, versions) and metrics.
+
+What the user sees is what was measured. The optimised images live in display space around grey 0.5 at a
+fixed L2 norm, so a few values can fall outside ``[0, 1]``; a PNG clips them and rounds to 8 bits.
+:func:`clip_report` gives the images exactly as ``grid.png`` stores them and the fraction of values that
+were clipped; :meth:`Result.measure_shown` evaluates those images with the network (the caller passes the
+read-out, since this layer has no network) and the numbers go into ``result.json`` and the grid's captions.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +33,7 @@ import torch
 from diversevis.core.cache import atomic_write_bytes, atomic_write_json, output_dir
 from diversevis.core.errors import DiversevisError
 
-__all__ = ["Result", "image_grid"]
+__all__ = ["Result", "clip_report", "grid_tiles", "image_grid", "png_html"]
 
 
 @dataclass
@@ -35,7 +44,7 @@ class Result:
     ----------
     images : torch.Tensor
         ``(N, C, H, W)`` optimised images in display space (grey 0.5; the norm constraint can push a few
-        pixels slightly outside ``[0, 1]``; the PNG clips them).
+        pixels slightly outside ``[0, 1]``; the PNG clips them: see ``shown_activations``).
     activations : torch.Tensor
         ``(N,)`` target values of the images.
     distances : torch.Tensor
@@ -48,6 +57,15 @@ class Result:
         Activation of the single-image MEI at the same contrast.
     mei_image : torch.Tensor or None
         ``(C, H, W)`` MEI.
+    extra : dict
+        Further JSON entries written next to ``spec`` and ``metrics``.
+    shown_activations : torch.Tensor or None
+        ``(N,)`` activations of the images as ``grid.png`` shows them (clipped to ``[0, 1]``, 8-bit), filled
+        by :meth:`measure_shown`; ``None`` if not measured.
+    shown_mei_activation : float or None
+        The same for the MEI image shown in the grid.
+    clipped_fraction : float or None
+        Fraction of the images' values (pixels x channels) outside ``[0, 1]``, clipped in the PNG.
     """
 
     images: torch.Tensor
@@ -58,6 +76,57 @@ class Result:
     mei_activation: float | None = None
     mei_image: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    shown_activations: torch.Tensor | None = None
+    shown_mei_activation: float | None = None
+    clipped_fraction: float | None = None
+
+    # ------------------------------------------------------- what is shown
+    def measure_shown(
+        self,
+        evaluate: Callable[[torch.Tensor], torch.Tensor],
+        device: str | torch.device | None = None,
+    ) -> Result:
+        """Measure the images as the PNG shows them; fills ``shown_*`` and ``clipped_fraction``.
+
+        Parameters
+        ----------
+        evaluate : callable
+            Maps ``(B, C, H, W)`` display-space images to their ``(B,)`` target values (the same read-out
+            that produced ``activations``). Called once, without gradients, on the images and the MEI.
+        device : str or torch.device, optional
+            Where ``evaluate`` wants its input (default: where the images are).
+
+        Returns
+        -------
+        Result
+            ``self``, for chaining.
+        """
+        shown, frac = clip_report(self.images)
+        batch = shown if self.mei_image is None else torch.cat([shown, clip_report(self.mei_image[None])[0]])
+        with torch.no_grad():
+            acts = evaluate(batch.to(device or self.images.device)).detach().float().cpu().reshape(-1)
+        if acts.numel() != batch.shape[0]:
+            raise DiversevisError(f"evaluate returned {acts.numel()} values for {batch.shape[0]} images")
+        n = shown.shape[0]
+        self.shown_activations = acts[:n]
+        self.shown_mei_activation = None if self.mei_image is None else float(acts[n])
+        self.clipped_fraction = frac
+        return self
+
+    def shown_metrics(self) -> dict[str, Any]:
+        """The ``shown_*`` numbers of :meth:`metrics` (all ``None`` until :meth:`measure_shown` ran)."""
+        s = self.shown_activations
+        if s is None:
+            keys = ("shown_activations", "shown_mean_activation", "shown_loss", "shown_mei_activation")
+            return {**dict.fromkeys(keys), "clipped_fraction": self.clipped_fraction}
+        mean, optimised = float(s.mean()), float(self.activations.float().mean())
+        return {
+            "shown_activations": [float(a) for a in s],
+            "shown_mean_activation": mean,
+            "shown_loss": _finite_or_none(1.0 - mean / optimised) if optimised else None,
+            "shown_mei_activation": self.shown_mei_activation,
+            "clipped_fraction": self.clipped_fraction,
+        }
 
     # --------------------------------------------------------------- metrics
     @property
@@ -99,6 +168,7 @@ class Result:
             "mean_distance": _finite_or_none(self.mean_distance),
             "n_iter": self.spec.get("n_iter"),
             "seconds": self.spec.get("seconds"),
+            **self.shown_metrics(),
         }
 
     def __repr__(self) -> str:
@@ -108,17 +178,27 @@ class Result:
         return (
             f"Result({self.spec.get('model')} {self.spec.get('layer')} unit={self.spec.get('unit')}: "
             f"{len(self.activations)} images, mean_activation={m['mean_activation']:.4g}{ratio}{dist}, "
-            f"n_iter={m['n_iter']})"
+            f"n_iter={m['n_iter']}{_shown_repr(m)})"
         )
+
+    def grid_png(self) -> bytes:
+        """``grid.png`` as bytes: the MEI (if known) and the images with their captions."""
+        mei = None if self.mei_image is None else self.mei_image[None]
+        return image_grid(self.images, _labels(self), title=_title(self.spec), mei=mei)
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the result shows itself as its grid."""
+        return self.grid_png()
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the summary line above the grid (inline PNG)."""
+        return png_html(self.grid_png(), repr(self))
 
     # ------------------------------------------------------------------ I/O
     def save(self, directory: str | Path) -> Path:
         """Write ``grid.png``, ``images.npz`` and ``result.json`` (last) into ``directory``."""
         out = output_dir(directory)
-        labels = _labels(self)
-        mei = None if self.mei_image is None else self.mei_image[None]
-        title = _title(self.spec)
-        atomic_write_bytes(out / "grid.png", image_grid(self.images, labels, title=title, mei=mei))
+        atomic_write_bytes(out / "grid.png", self.grid_png())
         buf = io.BytesIO()
         arrays = {
             "images": self.images.detach().cpu().float().numpy(),
@@ -130,6 +210,8 @@ class Result:
             arrays["ratios"] = self.ratios.detach().cpu().float().numpy()
         if self.mei_image is not None:
             arrays["mei_image"] = self.mei_image.detach().cpu().float().numpy()
+        if self.shown_activations is not None:
+            arrays["shown_activations"] = self.shown_activations.detach().cpu().float().numpy()
         np.savez_compressed(buf, **arrays)
         atomic_write_bytes(out / "images.npz", buf.getvalue())
         atomic_write_json(out / "result.json", {"spec": self.spec, "metrics": self.metrics(), **self.extra})
@@ -147,6 +229,7 @@ class Result:
         with np.load(d / "images.npz") as z:
             arrays = {k: z[k] for k in z.files}
         extra = {k: v for k, v in meta.items() if k not in ("spec", "metrics")}
+        shown = arrays.get("shown_activations")
         return cls(
             images=torch.from_numpy(arrays["images"]),
             activations=torch.from_numpy(arrays["activations"]),
@@ -156,6 +239,9 @@ class Result:
             mei_activation=meta["metrics"].get("mei_activation"),
             mei_image=torch.from_numpy(arrays["mei_image"]) if "mei_image" in arrays else None,
             extra=extra,
+            shown_activations=None if shown is None else torch.from_numpy(shown),
+            shown_mei_activation=meta["metrics"].get("shown_mei_activation"),
+            clipped_fraction=meta["metrics"].get("clipped_fraction"),
         )
 
 
@@ -163,11 +249,19 @@ def _finite_or_none(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
+def _shown_repr(m: dict[str, Any]) -> str:
+    if m["shown_mean_activation"] is None:
+        return ""
+    return f", shown_mean_activation={m['shown_mean_activation']:.4g} ({m['clipped_fraction']:.2%} clipped)"
+
+
 def _labels(res: Result) -> list[str]:
-    r = res.ratios
+    """Captions: the activation of each image as shown (when measured), and its ratio to the MEI."""
+    acts = res.activations if res.shown_activations is None else res.shown_activations
+    mei = res.mei_activation
     out = []
-    for i, a in enumerate(res.activations.tolist()):
-        out.append(f"{a:.3g}" + ("" if r is None else f"  ({float(r[i]):.0%})"))
+    for a in acts.tolist():
+        out.append(f"{a:.3g}" + ("" if not mei else f"  ({a / mei:.0%})"))
     return out
 
 
@@ -181,11 +275,44 @@ def _title(spec: dict[str, Any]) -> str:
     return "  ".join(p for p in parts if p)
 
 
+def _levels(images: torch.Tensor) -> torch.Tensor:
+    """8-bit levels ``round(clip(x, 0, 1) * 255)`` (float32), exactly what the PNG stores."""
+    return (images.detach().cpu().float().clamp(0, 1) * 255 + 0.5).floor()
+
+
+def clip_report(images: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The images as a PNG shows them, and the fraction of their values that had to be clipped.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        ``(..., C, H, W)`` display-space images (grey 0.5).
+
+    Returns
+    -------
+    shown : torch.Tensor
+        The images clipped to ``[0, 1]`` and rounded to the 8-bit levels ``k / 255`` that ``grid.png``
+        stores (float32, CPU): the network's response to ``shown`` is the response to the saved file.
+    fraction : float
+        Fraction of the values (pixels x channels) below 0 or above 1.
+    """
+    x = images.detach().cpu().float()
+    fraction = float(((x < 0) | (x > 1)).float().mean()) if x.numel() else 0.0
+    return _levels(x) / 255, fraction
+
+
+def png_html(png: bytes, text: str = "") -> str:
+    """HTML for notebooks: ``text`` (escaped, preformatted) above the PNG inlined as base64."""
+    b64 = base64.b64encode(png).decode("ascii")
+    pre = f"<pre>{html.escape(text)}</pre>" if text else ""
+    return f'<div>{pre}<img src="data:image/png;base64,{b64}"/></div>'
+
+
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    a = img.detach().cpu().float().clamp(0, 1).numpy()
+    a = _levels(img).numpy().astype(np.uint8)
     if a.shape[0] == 1:
         a = np.repeat(a, 3, axis=0)
-    return (a.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+    return a.transpose(1, 2, 0)
 
 
 def image_grid(
@@ -226,25 +353,14 @@ def image_grid(
     if mei is not None:
         imgs = [mei[0]] + imgs
         caps = ["MEI"] + caps
-    n = len(imgs)
     h, w = imgs[0].shape[-2:]
-    scale = max(1, math.ceil(tile / max(h, w)))
-    th, tw = h * scale, w * scale
-    cols = columns or min(n, 8)
-    rows = math.ceil(n / cols)
+    (width, height), (th, tw), corners = _grid_layout(len(imgs), h, w, tile, columns, bool(title))
     font = ImageFont.load_default(size=13)
-    pad, cap_h = 8, 20
-    title_h = 24 if title else 0
-    width = cols * (tw + pad) + pad
-    height = title_h + rows * (th + cap_h + pad) + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     if title:
-        draw.text((pad, 5), title, fill=(0, 0, 0), font=font)
-    for k, (img, cap) in enumerate(zip(imgs, caps)):
-        r, c = divmod(k, cols)
-        x0 = pad + c * (tw + pad)
-        y0 = title_h + pad + r * (th + cap_h + pad)
+        draw.text((_PAD, 5), title, fill=(0, 0, 0), font=font)
+    for k, (img, cap, (x0, y0)) in enumerate(zip(imgs, caps, corners)):
         tile_img = Image.fromarray(_to_uint8(img)).resize((tw, th), Image.NEAREST)
         canvas.paste(tile_img, (x0, y0))
         if mei is not None and k == 0:
@@ -253,3 +369,72 @@ def image_grid(
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+_PAD, _CAPTION_H, _TITLE_H = 8, 20, 24
+
+
+def _grid_layout(
+    n: int, h: int, w: int, tile: int, columns: int | None, title: bool
+) -> tuple[tuple[int, int], tuple[int, int], list[tuple[int, int]]]:
+    """Canvas ``(width, height)``, tile ``(height, width)`` and the top-left corner of each of ``n`` tiles."""
+    scale = max(1, math.ceil(tile / max(h, w)))
+    th, tw = h * scale, w * scale
+    cols = columns or min(n, 8)
+    rows = math.ceil(n / cols)
+    title_h = _TITLE_H if title else 0
+    size = (cols * (tw + _PAD) + _PAD, title_h + rows * (th + _CAPTION_H + _PAD) + _PAD)
+    corners = []
+    for k in range(n):
+        r, c = divmod(k, cols)
+        corners.append((_PAD + c * (tw + _PAD), title_h + _PAD + r * (th + _CAPTION_H + _PAD)))
+    return size, (th, tw), corners
+
+
+def grid_tiles(
+    png: bytes | str | Path,
+    n: int,
+    size: int | tuple[int, int],
+    *,
+    mei: bool = False,
+    title: bool = True,
+    tile: int = 112,
+    columns: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Read the images back from a PNG written by :func:`image_grid` (e.g. a saved ``grid.png``).
+
+    Parameters
+    ----------
+    png : bytes, str or Path
+        The PNG file or its bytes.
+    n : int
+        Number of images (without the MEI).
+    size : int or (int, int)
+        Image side, or ``(height, width)``, in pixels.
+    mei, title, tile, columns
+        As given to :func:`image_grid` (``mei``: whether an MEI tile comes first; ``title``: whether a
+        title line was drawn). ``Result.save`` draws a title and the MEI when it has one.
+
+    Returns
+    -------
+    images : torch.Tensor
+        ``(n, 3, H, W)`` float32 in ``[0, 1]`` (8-bit levels; grey images come back as three equal channels).
+    mei_image : torch.Tensor or None
+        ``(3, H, W)`` the MEI tile, if ``mei``.
+    """
+    from PIL import Image
+
+    h, w = (size, size) if isinstance(size, int) else size
+    data = png if isinstance(png, bytes) else Path(png).read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+    total = n + int(mei)
+    (width, height), (th, tw), corners = _grid_layout(total, h, w, tile, columns, title)
+    if a.shape[:2] != (height, width):
+        raise DiversevisError(
+            f"the PNG is {a.shape[1]}x{a.shape[0]}, not the {width}x{height} grid of {total} {h}x{w} tiles"
+        )
+    step = th // h
+    tiles = [a[y0 : y0 + th : step, x0 : x0 + tw : step].transpose(2, 0, 1) for x0, y0 in corners]
+    out = torch.from_numpy(np.stack(tiles).copy())
+    return (out[1:], out[0]) if mei else (out, None)

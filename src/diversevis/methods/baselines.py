@@ -33,7 +33,7 @@ from torch import nn
 from diversevis.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text, output_dir
 from diversevis.core.network import Network
 from diversevis.core.objectives import pairwise_rms_matrix
-from diversevis.core.result import Result, image_grid
+from diversevis.core.result import Result, image_grid, png_html
 from diversevis.methods.dfv import Problem, _common_spec, _prepare, diverse, mei
 
 __all__ = ["participation_ratio", "set_metrics", "gram_matched", "Comparison", "compare_baselines"]
@@ -229,6 +229,14 @@ class Comparison:
         buf = io.BytesIO()
         canvas.save(buf, format="PNG")
         return buf.getvalue()
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the comparison shows itself as its figure (one row of images per method)."""
+        return self.figure()
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the table (as text) above the figure (inline PNG)."""
+        return png_html(self.figure(), self.markdown())
 
     def save(self, directory: str | Path) -> Path:
         """Write ``comparison.png``, ``comparison.md``, ``sets.npz`` and ``comparison.json`` (last)."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +36,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diversevis.core.cache import atomic_write_bytes, atomic_write_json, output_dir
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.core.result import Result
-from diversevis.methods.dfv import Problem, _common_spec, _prepare
-from diversevis.methods.phase_plot import plot_phase
+from diversevis.methods.dfv import Problem, _common_spec, _prepare, run_mei
+from diversevis.methods.phase_result import DRIVE_THRESHOLD, NOT_DRIVEN, PhaseResult
+from diversevis.methods.problem import resolve_mei
+from diversevis.methods.settings import MEISettings
 
-__all__ = ["grating", "modulation_ratio", "PhaseResult", "phase_test", "F_MAX"]
+__all__ = [
+    "grating",
+    "modulation_ratio",
+    "PhaseResult",
+    "phase_test",
+    "F_MAX",
+    "DRIVE_THRESHOLD",
+    "NOT_DRIVEN",
+]
 
 #: Highest spatial frequency of the default grid (cycles/pixel): "Nyquist-ish", just below the 0.5 at
 #: which a grating along x or y degenerates (its phase then only changes its contrast, not its position).
@@ -176,168 +184,6 @@ def modulation_ratio(rates: Tensor | np.ndarray, phases: Tensor | np.ndarray) ->
     return ratio, f0, f1
 
 
-# --------------------------------------------------------------------------- result
-@dataclass
-class PhaseResult:
-    """Output of :func:`phase_test`.
-
-    Attributes
-    ----------
-    orientation : float
-        Preferred orientation in radians, ``[0, pi)`` (wave-vector direction, as in :func:`grating`).
-    frequency : float
-        Preferred spatial frequency in cycles/pixel.
-    f1_f0 : float
-        Modulation ratio ``F1 / F0`` of the rectified fine phase curve (``nan`` if the unit never fires:
-        ``F0 == 0``). ``> 1``: simple-like; ``< 1``: complex-like.
-    f0, f1 : float
-        Mean rate and first-harmonic amplitude (units of the target value).
-    orientations : ndarray
-        ``(T,)`` orientations of the coarse search (radians).
-    frequencies : ndarray
-        ``(F,)`` spatial frequencies of the coarse search (cycles/pixel).
-    orientation_curve : ndarray
-        ``(T,)`` best response over phase at the preferred frequency (pre-ReLU).
-    frequency_curve : ndarray
-        ``(F,)`` best response over phase at the preferred orientation (pre-ReLU).
-    phases : ndarray
-        ``(K,)`` phases of the fine sweep (radians, evenly spaced over ``[0, 2 pi)``).
-    phase_curve : ndarray
-        ``(K,)`` raw (pre-ReLU) responses of the fine sweep; the rate is ``relu(phase_curve)``.
-    spec : dict
-        Run spec (model, layer, unit, norm, sizes, grids, versions, creation time, timing).
-    best_grating : Tensor
-        ``(C, H, W)`` display-space image (grey 0.5) of the grating at the preferred orientation,
-        frequency and phase.
-    mei_activation : float or None
-        MEI activation at the same norm, if given, to compare the best grating with.
-    grey_response : float
-        Response to the blank grey image (the "spontaneous" level; not subtracted from the rates).
-    coarse_phases : ndarray
-        ``(P,)`` phases of the coarse search.
-    coarse_responses : ndarray
-        ``(T, F, P)`` all coarse responses (pre-ReLU).
-    """
-
-    orientation: float
-    frequency: float
-    f1_f0: float
-    f0: float
-    f1: float
-    orientations: np.ndarray
-    frequencies: np.ndarray
-    orientation_curve: np.ndarray
-    frequency_curve: np.ndarray
-    phases: np.ndarray
-    phase_curve: np.ndarray
-    spec: dict[str, Any]
-    best_grating: Tensor
-    mei_activation: float | None = None
-    grey_response: float = math.nan
-    coarse_phases: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    coarse_responses: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
-
-    @property
-    def rates(self) -> np.ndarray:
-        """``(K,)`` firing rate ``relu(phase_curve)`` of the fine sweep."""
-        return np.maximum(self.phase_curve, 0.0)
-
-    @property
-    def best_phase(self) -> float:
-        """Phase (radians) of the largest fine-sweep response."""
-        return float(self.phases[int(np.argmax(self.phase_curve))])
-
-    @property
-    def max_response(self) -> float:
-        """Largest response over the fine sweep (pre-ReLU)."""
-        return float(np.max(self.phase_curve))
-
-    @property
-    def kind(self) -> str | None:
-        """``"simple-like"`` (F1/F0 > 1), ``"complex-like"`` (< 1), or ``None`` if undefined."""
-        if not math.isfinite(self.f1_f0):
-            return None
-        return "simple-like" if self.f1_f0 > 1 else "complex-like"
-
-    def metrics(self) -> dict[str, Any]:
-        """The headline numbers as plain Python values (``nan`` becomes ``None``)."""
-        mei = self.mei_activation
-        return {
-            "f1_f0": _finite_or_none(self.f1_f0),
-            "kind": self.kind,
-            "f0": self.f0,
-            "f1": self.f1,
-            "orientation": self.orientation,
-            "orientation_deg": math.degrees(self.orientation),
-            "frequency": self.frequency,
-            "wavelength": 1.0 / self.frequency,
-            "best_phase": self.best_phase,
-            "max_response": self.max_response,
-            "grey_response": _finite_or_none(self.grey_response),
-            "mei_activation": mei,
-            "grating_ratio": None if not mei else self.max_response / mei,
-            "seconds": self.spec.get("seconds"),
-        }
-
-    def __repr__(self) -> str:
-        s = self.spec
-        ratio = "nan" if not math.isfinite(self.f1_f0) else f"{self.f1_f0:.3f}"
-        return (
-            f"PhaseResult({s.get('model')} {s.get('layer')} unit={s.get('unit')}: F1/F0={ratio} "
-            f"({self.kind or 'never fires'}), orientation={math.degrees(self.orientation):.1f}deg, "
-            f"frequency={self.frequency:.4g} c/px, max_response={self.max_response:.4g})"
-        )
-
-    def save(self, directory: str | Path) -> Path:
-        """Write ``phase.png`` (tuning curves, phase curve, best grating) and ``phase.json`` (last).
-
-        Both are written atomically; ``phase.json`` holds ``spec``, ``metrics`` and ``curves`` and is
-        written last, so a directory with a ``phase.json`` holds a complete result. Needs matplotlib.
-        """
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise DiversevisError("phase plots need matplotlib: pip install matplotlib") from None
-        out = output_dir(directory)
-        atomic_write_bytes(out / "phase.png", self.plot())
-        curves = {
-            "orientations": self.orientations,
-            "frequencies": self.frequencies,
-            "orientation_curve": self.orientation_curve,
-            "frequency_curve": self.frequency_curve,
-            "phases": self.phases,
-            "phase_curve": self.phase_curve,
-        }
-        atomic_write_json(
-            out / "phase.json",
-            {
-                "spec": self.spec,
-                "metrics": self.metrics(),
-                "curves": {k: _floats(v) for k, v in curves.items()},
-            },
-        )
-        return out
-
-    def plot(self) -> bytes:
-        """Render the four panels as PNG bytes (matplotlib, Agg, no global pyplot state).
-
-        See :func:`diversevis.methods.phase_plot.plot_phase`.
-        """
-        return plot_phase(self)
-
-    def _harmonic_phase(self) -> float:
-        r = self.rates
-        return math.atan2(float((r * np.sin(self.phases)).mean()), float((r * np.cos(self.phases)).mean()))
-
-
-def _finite_or_none(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def _floats(a: np.ndarray) -> list[float | None]:
-    return [_finite_or_none(float(v)) for v in np.asarray(a, dtype=np.float64).ravel()]
-
-
 # --------------------------------------------------------------------------- the test
 def _count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -419,6 +265,40 @@ def _grey_response(prob: Problem) -> float:
         return float(prob.evaluate(blank, need_features=False)[0][0])
 
 
+def _check_finite(prob: Problem, what: str, values: np.ndarray) -> None:
+    """Raise naming the cause when the network's responses to gratings are not finite numbers."""
+    bad = ~np.isfinite(np.asarray(values, dtype=np.float64))
+    if bad.any():
+        raise DiversevisError(
+            f"the network returned non-finite responses ({int(bad.sum())} of {bad.size} {what} are nan or "
+            f"inf) to gratings of L2 norm {prob.norm:.4g}: check the model for nan/inf weights or "
+            "activations, or lower the contrast; F1/F0 would be nan"
+        )
+
+
+def _check_request(prob: Problem, drive_threshold: float) -> float:
+    """A finite grating norm and a drive threshold in ``[0, 1]``; returns the threshold as a float."""
+    if not math.isfinite(prob.norm):
+        raise DiversevisError(
+            f"the grating L2 norm is {prob.norm} (from contrast/norm): give a finite contrast or norm; "
+            "gratings of infinite contrast have no defined response"
+        )
+    t = drive_threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+        raise DiversevisError(
+            f"drive_threshold must be a number in [0, 1] (a fraction of the MEI activation), got {t!r}"
+        )
+    return float(t)
+
+
+def _phase_mei(
+    prob: Problem, layer: str, unit, direction, metric: str, mei, restarts: int, images
+) -> tuple[Result | None, float | None]:
+    """The MEI the best grating is compared with: computed at the grating norm, given, or none."""
+    s = MEISettings(norm=prob.norm, restarts=_count("mei_restarts", restarts, 1), images=images)
+    return resolve_mei(mei, lambda: run_mei(prob.net, layer, unit, direction, metric, s))
+
+
 def _phase_spec(
     prob: Problem,
     *,
@@ -427,12 +307,15 @@ def _phase_spec(
     images: str | Path | None,
     counts: tuple[int, int, int, int],
     freqs: np.ndarray,
+    drive: tuple[float, int | None, Result | None],
     seconds: float,
 ) -> dict[str, Any]:
-    """Run spec of :func:`phase_test`; ``counts`` = (orientations, frequencies, phases, fine phases)."""
+    """Run spec of :func:`phase_test`; ``counts`` = (orientations, frequencies, phases, fine phases),
+    ``drive`` = (drive threshold, MEI restarts if computed here, the MEI result if any)."""
     net = prob.net
     size = prob.placement.image_size
     T, Fn, P, n_fine = counts
+    threshold, restarts, mei_res = drive
     return _common_spec(
         method="phase",
         **prob.spec(),
@@ -445,6 +328,9 @@ def _phase_spec(
         f_min=float(freqs.min()),
         f_max=float(freqs.max()),
         forward_passes=T * Fn * P + n_fine + 1,
+        drive_threshold=threshold,
+        mei_restarts=restarts,
+        mei_seconds=None if mei_res is None else mei_res.spec.get("seconds"),
         device=str(net.device),
         dtype="float32",
         natural_images=(str(images) if images else "bundled") if norm is None else None,
@@ -466,7 +352,9 @@ def phase_test(
     phases: int = 8,
     fine_phases: int = 32,
     images: str | Path | None = None,
-    mei: float | Result | None = None,
+    mei: bool | float | Result | None = True,
+    mei_restarts: int = MEISettings.restarts,
+    drive_threshold: float = DRIVE_THRESHOLD,
     device: str | torch.device | None = None,
 ) -> PhaseResult:
     """Grating phase test of one unit: preferred orientation and frequency, then the F1/F0 ratio.
@@ -500,9 +388,16 @@ def phase_test(
         rectified cosine).
     images : str or Path, optional
         Folder of natural images for the contrast statistics (default: the bundled photos).
-    mei : float or Result, optional
-        MEI activation (or the :class:`Result` of :func:`diversevis.mei`) at the same norm, reported as
-        ``mei_activation`` with the ratio of the best grating to it.
+    mei : bool, float or Result
+        The unit's MEI at the grating norm, which the best grating is compared with: ``True`` computes it
+        (:func:`diversevis.mei`, ``mei_restarts`` restarts), a number or the :class:`Result` of
+        :func:`diversevis.mei` supplies it, ``False``/``None`` skips the check (the label then says so).
+    mei_restarts : int
+        Restarts of the MEI when it is computed here.
+    drive_threshold : float
+        Fraction of the MEI activation the best grating must reach for a simple-/complex-like label
+        (default :data:`DRIVE_THRESHOLD` = 0.3; ours, method.md gives none); below it the label is
+        "gratings do not drive this unit" and F1/F0 is reported but flagged.
     device : str, optional
         Move the network there (default: where it already is).
 
@@ -510,14 +405,22 @@ def phase_test(
     -------
     PhaseResult
         Preferred ``orientation`` (rad) and ``frequency`` (cycles/px), ``f1_f0``, ``f0``, ``f1``, the
-        tuning curves, the fine ``phase_curve`` and the ``best_grating``.
+        tuning curves, the fine ``phase_curve``, the ``best_grating`` and the verdict ``label``.
+
+    Raises
+    ------
+    DiversevisError
+        Bad arguments, an infinite grating norm (e.g. ``contrast=inf``), or non-finite responses of the
+        network to the gratings: F1/F0 is never silently nan for those. A unit that never fires over the
+        sweep gives ``f1_f0 = nan`` with the cause in :meth:`PhaseResult.nan_cause`.
 
     Notes
     -----
     Costs ``orientations * frequencies * phases + fine_phases + 1`` forward passes (1569 by default),
-    batched :data:`CHUNK` at a time without gradients. The rate is the rectified target value with no
-    baseline subtraction; a unit with a large positive bias can stay above threshold over the whole cycle
-    and then reads complex-like (``A / c``) even when it is linear: compare ``grey_response``.
+    batched :data:`CHUNK` at a time without gradients, plus the MEI when it is computed here. The rate is
+    the rectified target value with no baseline subtraction; a unit with a large positive bias can stay
+    above threshold over the whole cycle and then reads complex-like (``A / c``) even when it is linear:
+    compare ``grey_response``.
     """
     n_ph = _count("phases", phases, 1)
     n_fine = _count("fine_phases", fine_phases, 3)
@@ -534,21 +437,22 @@ def phase_test(
         distance_layer=None,
         images_folder=images,
     )
+    threshold = _check_request(prob, drive_threshold)
     size = prob.placement.image_size
     thetas = _grid("orientations", orientations, lambda n: np.arange(n) * (math.pi / n), positive=False)
     freqs = _grid("frequencies", frequencies, lambda n: default_frequencies(size, n), positive=True)
     coarse_ph = np.arange(n_ph) * (2 * math.pi / n_ph)
-
-    mei_act = mei.mei_activation if isinstance(mei, Result) else (None if mei is None else float(mei))
+    mei_res, mei_act = _phase_mei(prob, layer, unit, direction, metric, mei, mei_restarts, images)
 
     coarse, best_over_phase, ti, fi = _coarse_search(prob, thetas, freqs, coarse_ph)
+    _check_finite(prob, "coarse-search responses", coarse)
     theta_star, f_star = float(thetas[ti]), float(freqs[fi])
     fine_ph, curve = _fine_sweep(prob, theta_star, f_star, n_fine)
-    ratio, f0, f1 = modulation_ratio(np.maximum(curve, 0.0), fine_ph)
     grey = _grey_response(prob)
+    _check_finite(prob, "fine-sweep and grey responses", np.append(curve, grey))
+    ratio, f0, f1 = modulation_ratio(np.maximum(curve, 0.0), fine_ph)
     best_phase = float(fine_ph[int(np.argmax(curve))])
     best = 0.5 + grating(size, theta_star, f_star, best_phase, channels=net.in_channels, norm=prob.norm)
-    seconds = time.perf_counter() - t0
 
     spec = _phase_spec(
         prob,
@@ -557,7 +461,8 @@ def phase_test(
         images=images,
         counts=(len(thetas), len(freqs), n_ph, n_fine),
         freqs=freqs,
-        seconds=seconds,
+        drive=(threshold, mei_restarts if mei is True else None, mei_res),
+        seconds=time.perf_counter() - t0,
     )
     return PhaseResult(
         orientation=theta_star,
@@ -577,4 +482,5 @@ def phase_test(
         grey_response=grey,
         coarse_phases=coarse_ph,
         coarse_responses=coarse,
+        drive_threshold=threshold,
     )

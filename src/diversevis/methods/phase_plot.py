@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from diversevis.methods.phase import PhaseResult
+    from diversevis.methods.phase_result import PhaseResult
 
 __all__ = ["plot_phase"]
 
@@ -30,16 +30,18 @@ def plot_phase(result: PhaseResult) -> bytes:
     Returns
     -------
     bytes
-        The PNG file (15 x 3.9 inches at 100 dpi).
+        The PNG file (15 x 4.3 inches at 100 dpi).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(15, 3.9), dpi=100)
+    fig = Figure(figsize=(15, 4.3), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1.2, 0.75]})
     ax_o, ax_f, ax_p, ax_g = axes
     ratio = "undefined (never fires)" if not math.isfinite(result.f1_f0) else f"{result.f1_f0:.3f}"
+    if result.flag():
+        ratio += " (flagged)"
     _suptitle(fig, result, ratio)
     _orientation_panel(ax_o, result)
     _frequency_panel(ax_f, result)
@@ -48,21 +50,23 @@ def plot_phase(result: PhaseResult) -> bytes:
         _grey_line_and_grid(ax, result.grey_response, legend=ax is ax_p)
     _finish_phase_panel(ax_p, result, ratio)
     _grating_panel(ax_g, result)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
 def _suptitle(fig: Any, result: PhaseResult, ratio: str) -> None:
-    """Model, layer, target, grating norm and size, and the verdict."""
+    """Model, layer, target, grating norm and size, and the verdict (with the best grating vs the MEI)."""
     s = result.spec
     unit = s.get("unit")
     what = f"unit {unit}" if unit is not None else "direction"
+    g = result.grating_ratio
+    vs_mei = "" if g is None else f", best grating {g:.0%} of MEI (needs {result.drive_threshold:.0%})"
     fig.suptitle(
         f"{s.get('model', '')}  {s.get('layer', '')}  {what}  -  gratings at L2 norm "
-        f"{s.get('norm', float('nan')):.3g} on {s.get('image_size')}px  -  F1/F0 = {ratio}"
-        + (f" ({result.kind})" if result.kind else ""),
+        f"{s.get('norm', float('nan')):.3g} on {s.get('image_size')}px  -  F1/F0 = {ratio}\n"
+        f"{result.label}{vs_mei}",
         fontsize=11,
     )
 

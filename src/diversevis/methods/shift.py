@@ -31,7 +31,7 @@ from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.core.optimize import StepInfo, optimize
 from diversevis.core.params import precondition
-from diversevis.core.result import Result, image_grid
+from diversevis.core.result import Result, clip_report, image_grid, png_html
 from diversevis.methods.dfv import run_mei
 from diversevis.methods.problem import Problem, _prepare, resolve_mei
 from diversevis.methods.settings import ShiftSettings
@@ -225,6 +225,7 @@ class ShiftResult:
             "mask": self.spec.get("mask_params"),
             "n_iter": self.spec.get("n_iter"),
             "seconds": self.spec.get("seconds"),
+            "clipped_fraction": clip_report(self.texture)[1],
         }
 
     def __repr__(self) -> str:
@@ -239,22 +240,31 @@ class ShiftResult:
         rf = self.spec["image_size"]
         return 0.5 + crop_batch(self.texture - 0.5, rf, self.spec["stride"]) * self.mask
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``texture.png``, ``mask.png``, ``shift_map.png``, ``shift.npz`` and ``shift.json`` (last)."""
-        out = output_dir(directory)
+    def texture_png(self) -> bytes:
+        """``texture.png`` as bytes: the part of the texture the crops cover, next to the MEI."""
         title = f"{self.spec.get('model')} {self.spec.get('layer')} unit {self.spec.get('unit')}: shift test"
         # show the part the crops cover (the last row and column of the 2 rf - 1 texture are in no crop)
         used = crop_offsets(self.spec["image_size"], self.spec["stride"])[-1] + self.spec["image_size"]
-        atomic_write_bytes(
-            out / "texture.png",
-            image_grid(
-                self.texture[None, :, :used, :used],
-                [f"mean {self.mean_ratio:.0%}, min {self.min_ratio:.0%} of MEI"],
-                title=title,
-                mei=None if self.mei_image is None else self.mei_image[None],
-                tile=200,
-            ),
+        return image_grid(
+            self.texture[None, :, :used, :used],
+            [f"mean {self.mean_ratio:.0%}, min {self.min_ratio:.0%} of MEI"],
+            title=title,
+            mei=None if self.mei_image is None else self.mei_image[None],
+            tile=200,
         )
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the result shows itself as its texture (and the MEI)."""
+        return self.texture_png()
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the summary line above the texture (inline PNG)."""
+        return png_html(self.texture_png(), repr(self))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``texture.png``, ``mask.png``, ``shift_map.png``, ``shift.npz`` and ``shift.json`` (last)."""
+        out = output_dir(directory)
+        atomic_write_bytes(out / "texture.png", self.texture_png())
         mask_img = self.mask.detach().cpu()[None, None].expand(1, 3, -1, -1)
         atomic_write_bytes(out / "mask.png", image_grid(mask_img, ["window"], tile=120))
         atomic_write_bytes(out / "shift_map.png", _heat_map(self))
@@ -452,6 +462,11 @@ def run_shift_test(
 def _check_crops(prob: Problem, layer: str, stride: int) -> int:
     """The receptive field (crop side, px) if it leaves at least two crops at ``stride``."""
     rf = prob.placement.image_size
+    if prob.placement.unit_index is None or not isinstance(rf, int):
+        raise DiversevisError(
+            f"the shift test slides a unit's receptive field over a texture, but {layer!r} has no spatial "
+            "units (a readout or logit vector): test a unit of a spatial layer of the model's core"
+        )
     if rf < 3:
         raise DiversevisError(f"the shift test needs a receptive field of at least 3 px; {layer!r} has {rf}")
     if len(crop_offsets(rf, stride)) < 2:
