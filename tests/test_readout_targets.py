@@ -159,3 +159,20 @@ def test_resnet18_layout_receptive_fields_match_the_analytic_values():
     assert net.pre_activation("layer1.1.bn2") is None
     logits = dv.mei(net, "fc", 3, norm=5.0, max_iter=5, restarts=1)
     assert logits.images.shape == (1, 3, 224, 224)
+
+
+def test_phase_test_of_readout_neurons_uses_their_effective_field(readout_net):
+    cx = dv.phase_test(readout_net, "readout", 0, norm=2.0, orientations=8, frequencies=8, mei_restarts=2)
+    top, left = cx.spec["window"]
+    size = cx.spec["image_size"]
+    h, w = (size, size) if isinstance(size, int) else size
+    assert top <= ROW + K // 2 < top + h and left <= COL + K // 2 < left + w  # around the planted filter
+    assert h * w < H * W / 4  # much smaller than the screen
+    assert cx.label == "complex-like" and cx.f1_f0 < 0.3
+    simple = dv.phase_test(readout_net, "readout", 1, norm=2.0, orientations=8, frequencies=8, mei_restarts=2)
+    assert simple.label == "simple-like" and simple.f1_f0 > 1.2
+
+
+def test_the_shift_test_refuses_a_readout_vector(readout_net):
+    with pytest.raises(dv.DiversevisError, match="no spatial units"):
+        dv.shift_test(readout_net, "readout", 0, norm=2.0, mei=1.0)

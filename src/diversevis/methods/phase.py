@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
+from diversevis.core.params import image_hw
 from diversevis.core.result import Result
 from diversevis.methods.dfv import Problem, _common_spec, _prepare, run_mei
 from diversevis.methods.phase_result import DRIVE_THRESHOLD, NOT_DRIVEN, PhaseResult
@@ -64,7 +65,7 @@ CHUNK = 512
 
 # --------------------------------------------------------------------------- stimuli
 def grating(
-    size: int,
+    size: int | tuple[int, int],
     theta: float | Tensor,
     frequency: float | Tensor,
     phase: float | Tensor,
@@ -76,15 +77,15 @@ def grating(
 ) -> Tensor:
     """Sinusoidal grating(s) ``cos(2 pi f (x cos theta + y sin theta) + phase)`` around zero.
 
-    ``x`` is the column and ``y`` the row coordinate (``y`` grows downwards), both centred at
-    ``(size - 1) / 2``; ``theta`` is the direction of the wave vector, as in
+    ``x`` is the column and ``y`` the row coordinate (``y`` grows downwards), centred at the image
+    centre ``((height - 1) / 2, (width - 1) / 2)``; ``theta`` is the direction of the wave vector, as in
     :func:`diversevis.synthetic.gabor` (``theta = 0``: the luminance varies along ``x``, i.e. vertical
     stripes). Add 0.5 for a display-space image.
 
     Parameters
     ----------
-    size : int
-        Image side in pixels (>= 1).
+    size : int or (int, int)
+        Image side, or ``(height, width)``, in pixels (>= 1).
     theta : float or Tensor
         Orientation of the wave vector in radians.
     frequency : float or Tensor
@@ -94,7 +95,7 @@ def grating(
     channels : int
         The same (grey) grating replicated over this many channels.
     norm : float, optional
-        L2 norm (display units, over all ``channels * size * size`` values). By default the amplitude is
+        L2 norm (display units, over all ``channels * height * width`` values). By default the amplitude is
         set to ``norm * sqrt(2 / D)``, which gives every phase the same amplitude and makes the norm exact
         on average (RMS) over a phase cycle; see ``per_image``. ``None``: amplitude 1.
     per_image : bool
@@ -106,12 +107,14 @@ def grating(
     Returns
     -------
     Tensor
-        ``batch_shape + (channels, size, size)`` float32, where ``batch_shape`` is the broadcast shape of
+        ``batch_shape + (channels, height, width)`` float32, where ``batch_shape`` is the broadcast shape of
         ``theta``, ``frequency`` and ``phase`` (``()`` for three scalars, ``(B,)`` for 1-D tensors of
         length ``B`` mixed with scalars).
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise DiversevisError(f"size must be an int >= 1 (pixels), got {size!r}")
+    hw = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
+    if len(hw) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in hw):
+        raise DiversevisError(f"size must be an int >= 1 or (height, width) (pixels), got {size!r}")
+    h, w = hw
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise DiversevisError(f"channels must be an int >= 1, got {channels!r}")
     if norm is not None and not norm > 0:
@@ -127,20 +130,20 @@ def grating(
             f"{tuple(th.shape)}, {tuple(f.shape)} and {tuple(ph.shape)}"
         ) from None
     batch = th.shape
-    c = (size - 1) / 2
-    r = torch.arange(size, dtype=torch.float64, device=device) - c
-    y, x = torch.meshgrid(r, r, indexing="ij")
+    rows = torch.arange(h, dtype=torch.float64, device=device) - (h - 1) / 2
+    cols = torch.arange(w, dtype=torch.float64, device=device) - (w - 1) / 2
+    y, x = torch.meshgrid(rows, cols, indexing="ij")
     th, f, ph = (a.reshape(*batch, 1, 1) for a in (th, f, ph))
     g = torch.cos(2 * math.pi * f * (x * torch.cos(th) + y * torch.sin(th)) + ph)  # (*batch, H, W)
     if norm is not None:
-        d = channels * size * size
+        d = channels * h * w
         if per_image:
             n = g.flatten(-2).norm(dim=-1) * math.sqrt(channels)
             n = n.reshape(*batch, 1, 1)
             g = torch.where(n > 1e-9 * math.sqrt(d), g * (norm / n.clamp_min(1e-300)), torch.zeros_like(g))
         else:
             g = g * (norm * math.sqrt(2.0 / d))
-    g = g.unsqueeze(-3).expand(*batch, channels, size, size)
+    g = g.unsqueeze(-3).expand(*batch, channels, h, w)
     return g.float().contiguous()
 
 
@@ -209,9 +212,11 @@ def _grid(
     return a
 
 
-def default_frequencies(size: int, n: int) -> np.ndarray:
-    """``n`` log-spaced spatial frequencies from one cycle per image (``1 / size``) to :data:`F_MAX`."""
-    lo = min(1.0 / size, F_MAX / 2)
+def default_frequencies(size: int | tuple[int, int], n: int) -> np.ndarray:
+    """``n`` log-spaced spatial frequencies from one cycle per image (``1 / side``, the longer side) to
+    :data:`F_MAX`."""
+    side = max(size) if isinstance(size, (tuple, list)) else size
+    lo = min(1.0 / side, F_MAX / 2)
     return np.geomspace(lo, F_MAX, n)
 
 
@@ -261,7 +266,7 @@ def _grey_response(prob: Problem) -> float:
     net = prob.net
     size = prob.placement.image_size
     with torch.no_grad():
-        blank = torch.full((1, net.in_channels, size, size), 0.5, device=net.device)
+        blank = torch.full((1, net.in_channels, *image_hw(size)), 0.5, device=net.device)
         return float(prob.evaluate(blank, need_features=False)[0][0])
 
 
@@ -320,7 +325,7 @@ def _phase_spec(
         method="phase",
         **prob.spec(),
         contrast=contrast if norm is None else None,
-        amplitude=prob.norm * math.sqrt(2.0 / (net.in_channels * size * size)),
+        amplitude=prob.norm * math.sqrt(2.0 / (net.in_channels * math.prod(image_hw(size)))),
         orientations=T,
         frequencies=Fn,
         phases=P,
@@ -416,6 +421,12 @@ def phase_test(
 
     Notes
     -----
+    A target without spatial units (a ``(B, N)`` readout or logit, optimised on the whole input) is
+    probed with gratings on its *effective* receptive field: the box holding 95 % of the gradient
+    energy at the MEI (:meth:`~diversevis.methods.problem.Problem.windowed`), in a grey screen, at the
+    same L2 norm; the spec's ``window`` and ``image_size`` give the box. Full-screen gratings would
+    spread the contrast over pixels the neuron ignores.
+
     Costs ``orientations * frequencies * phases + fine_phases + 1`` forward passes (1569 by default),
     batched :data:`CHUNK` at a time without gradients, plus the MEI when it is computed here. The rate is
     the rectified target value with no baseline subtraction; a unit with a large positive bias can stay
@@ -438,11 +449,13 @@ def phase_test(
         images_folder=images,
     )
     threshold = _check_request(prob, drive_threshold)
-    size = prob.placement.image_size
     thetas = _grid("orientations", orientations, lambda n: np.arange(n) * (math.pi / n), positive=False)
-    freqs = _grid("frequencies", frequencies, lambda n: default_frequencies(size, n), positive=True)
     coarse_ph = np.arange(n_ph) * (2 * math.pi / n_ph)
     mei_res, mei_act = _phase_mei(prob, layer, unit, direction, metric, mei, mei_restarts, images)
+    if prob.placement.unit_index is None and mei_res is not None:
+        prob = prob.windowed(mei_res.mei_image)  # a readout / logit: gratings on its effective field
+    size = prob.placement.image_size
+    freqs = _grid("frequencies", frequencies, lambda n: default_frequencies(size, n), positive=True)
 
     coarse, best_over_phase, ti, fi = _coarse_search(prob, thetas, freqs, coarse_ph)
     _check_finite(prob, "coarse-search responses", coarse)

@@ -8,6 +8,7 @@ images to target values and distance-space features. The result builders turn an
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ class Problem:
     norm: float
     distance_layer: str | None
     distance_slice: tuple[slice, slice] | None
+    #: ``(top, left)`` of a sub-image inside a whole-input canvas (see :meth:`windowed`); else ``None``.
+    window: tuple[int, int] | None = None
 
     @classmethod
     def build(
@@ -79,11 +82,28 @@ class Problem:
     def canvas(self, images: torch.Tensor) -> torch.Tensor:
         """Place RF-sized images in a mean-grey canvas (identity for VALID networks)."""
         p = self.placement
+        if self.window is not None:
+            (H, W), (h, w), (top, left) = image_hw(p.canvas_size), images.shape[-2:], self.window
+            return F.pad(images, (left, W - w - left, top, H - h - top), value=0.5)
         if p.canvas_size == p.image_size:
             return images
         a = p.offset
         b = p.canvas_size - p.image_size - a
         return F.pad(images, (a, b, a, b), value=0.5)
+
+    def windowed(self, image: torch.Tensor, fraction: float = 0.95) -> Problem:
+        """This whole-input problem on the unit's *effective* receptive field around ``image``.
+
+        The effective field is the bounding box of the fewest pixels that hold ``fraction`` of the
+        gradient energy ``sum_c (d target / d x_c)^2`` at ``image`` (e.g. the MEI); the new problem
+        optimises or probes images of that box, placed at its position in a grey screen of the model's
+        input size, with the same norm. A problem that is not whole-input is returned unchanged.
+        """
+        if not self.placement.whole_input or self.window is not None:
+            return self
+        top, left, h, w = effective_box(lambda x: self.evaluate(x, need_features=False)[0], image, fraction)
+        place = dataclasses.replace(self.placement, image_size=h if h == w else (h, w))
+        return dataclasses.replace(self, placement=place, window=(top, left), distance_slice=None)
 
     def evaluate(
         self, images: torch.Tensor, need_features: bool = True
@@ -130,6 +150,7 @@ class Problem:
             "canvas_size": p.canvas_size,
             "offset": p.offset,
             "unit_index": p.unit_index,
+            "window": None if self.window is None else list(self.window),
             "rf_misalignment": p.misalignment,
             "distance_layer": None
             if self.distance_layer is None
@@ -159,6 +180,46 @@ class Problem:
             natural_images=str(images) if images else "bundled",
             **({} if opt is None else opt.summary()),
         )
+
+
+def effective_box(
+    values: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, fraction: float = 0.95
+) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the box holding ``fraction`` of the gradient energy at ``image``.
+
+    Parameters
+    ----------
+    values : callable
+        ``(1, C, H, W)`` images -> ``(1,)`` target value.
+    image : torch.Tensor
+        ``(C, H, W)`` display-space image (e.g. the MEI).
+    fraction : float
+        Share of the energy ``sum_c g_c^2`` the box must hold: the bounding box of the fewest pixels
+        whose energy adds up to it (at least 3 x 3 px, inside the image).
+    """
+    x = image.detach()[None].clone().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(values(x).sum(), x)
+    energy = (g[0].double() ** 2).sum(0)
+    H, W = energy.shape
+    total = float(energy.sum())
+    if not total > 0:
+        return 0, 0, H, W  # no gradient: the whole input
+    order = torch.argsort(energy.flatten(), descending=True)
+    keep = int(torch.searchsorted(torch.cumsum(energy.flatten()[order], 0) / total, fraction)) + 1
+    rows, cols = order[:keep] // W, order[:keep] % W
+    top, bottom = int(rows.min()), int(rows.max()) + 1
+    left, right = int(cols.min()), int(cols.max()) + 1
+    top, bottom = _at_least(top, bottom, 3, H)
+    left, right = _at_least(left, right, 3, W)
+    return top, left, bottom - top, right - left
+
+
+def _at_least(lo: int, hi: int, n: int, size: int) -> tuple[int, int]:
+    """Grow ``[lo, hi)`` symmetrically to at least ``n`` (clipped to ``[0, size)``)."""
+    while hi - lo < min(n, size):
+        lo, hi = max(0, lo - 1), min(size, hi + 1)
+    return lo, hi
 
 
 #: Largest image side (px) a target may ask for; beyond it the layer's receptive field is refused.
@@ -281,7 +342,14 @@ def _mei_result(
         mei_activation=float(acts[best]),
         mei_image=img[0],
         extra={"restart_activations": [float(a) for a in acts]},
-    )
+    ).measure_shown(_target_of(prob, extra.get("unit")), device=prob.net.device)
+
+
+def _target_of(prob: Problem, unit: int | None):
+    """Images -> target values: the problem's own target, or channel ``unit`` (a batched result)."""
+    if unit is None:
+        return lambda x: prob.evaluate(x, need_features=False)[0]
+    return lambda x: prob.read(x, need_features=False)[0][:, unit]
 
 
 def _resolve_prior(prior: Any, device: torch.device):
@@ -321,7 +389,7 @@ def _diverse_result(
         spec=spec,
         mei_activation=mei_act,
         mei_image=None if mei_res is None else mei_res.mei_image,
-    )
+    ).measure_shown(_target_of(prob, extra.get("unit")), device=prob.net.device)
 
 
 def _check_units(net: Network, layer: str, units: Sequence[int]) -> list[int]:
