@@ -86,3 +86,15 @@ def test_alive_starts_keep_their_images_and_their_spec():
     net = rectified_cell(0.5)  # every start alive: nothing redrawn, nothing redirected
     m = dv.mei(net, "1", 0, norm=1.0, restarts=2, max_iter=20)
     assert "dead_starts_redrawn" not in m.spec and "redirected_relu" not in m.spec
+
+
+def test_the_cli_reports_dead_starts_and_the_pre_activation_layer(tmp_path, capsys, monkeypatch):
+    from diversevis.cli import main
+
+    monkeypatch.setattr("diversevis.cli.common.load", lambda args: rectified_cell(-2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rc = main(["diverse", "--model", "x", "--layer", "1", "--unit", "0", "--images", "2", "--norm", "1",
+                   "--max-iter", "5", "--mei-restarts", "1", "--quiet", "--out", str(tmp_path / "r")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "dead images (activation 0): [0, 1]" in out and "pre-activation layer '0'" in out

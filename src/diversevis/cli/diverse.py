@@ -126,7 +126,19 @@ def _print_summary(res, command: str, out) -> None:
         print(
             f"  min pairwise RMS distance ({where}): {m['min_distance']:.4g}, mean {m['mean_distance']:.4g}"
         )
+    _print_dead(spec)
     print(f"  wrote {out / 'grid.png'}, {out / 'images.npz'}, {out / 'result.json'}")
+
+
+def _print_dead(spec: dict) -> None:
+    """Dead starts and dead images (a rectified unit at 0 with no gradient), if there were any."""
+    if spec.get("dead_starts_redrawn"):
+        how = "then redirected ReLU gradients" if spec.get("redirected_relu") else "alive after redraws"
+        print(f"  dead starts: {spec['dead_starts_redrawn']} redraw(s), {how}")
+    if spec.get("dead_images"):
+        print(f"  dead images (activation 0): {spec['dead_images']}")
+    if spec.get("dead_unit"):
+        print(f"  {spec['dead_unit']}")
 
 
 def _print_shown(m: dict) -> None:

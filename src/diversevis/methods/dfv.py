@@ -343,6 +343,8 @@ def run_diverse(
     with torch.no_grad():
         acts, feats = prob.evaluate(opt.images)
     spec = {**s.spec(mei_computed=mei is True), **starts_spec(redraws, redirected), **dead_images(acts)}
+    if mei_res is not None and mei_res.spec.get("dead_unit"):
+        spec["dead_unit"] = mei_res.spec["dead_unit"]
     if prior_model is not None:
         spec.update(_prior_spec(prior, prior_model, opt.images, s.prior_weight))
     return _diverse_result(prob, opt, acts, feats, mei_res, mei_act, spec)

@@ -85,6 +85,7 @@ def _save_unit(
         ph = phase_test(net, layer, u, contrast=settings.contrast, images=settings.images, mei=m)
         ph.save(folder / "phase")
         metrics.update(f1_f0=ph.f1_f0, orientation=ph.orientation, frequency=ph.frequency)
+        metrics.update(phase_label=ph.label, grating_ratio=ph.grating_ratio)
     if "shift" in settings.tests and responsive:
         from diversevis.methods.shift import run_shift_test
 
