@@ -52,6 +52,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=None,
         help="channel or class index (may be omitted for 1-unit layers)",
     )
+    _add_image_args(p)
+    _add_transform_args(p)
+    _add_loss_and_optim_args(p)
+    add_out_args(p)
+    return p
+
+
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    """The images: count, size, objective, parametrisation, colour and contrast constraint."""
     p.add_argument(
         "--images",
         "-n",
@@ -89,7 +98,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help=f"--constraint norm: fraction of the mean natural-patch norm (default: {_D.contrast})",
     )
     p.add_argument("--norm", type=positive_float, default=_D.norm, help="--constraint norm: absolute L2 norm")
-    _add_transform_args(p)
+
+
+def _add_loss_and_optim_args(p: argparse.ArgumentParser) -> None:
+    """The regularisers, redirected ReLU, and Adam with early stopping."""
     p.add_argument(
         "--l1",
         type=nonneg_float,
@@ -126,8 +138,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help=f"early stopping: iterations without EMA-loss improvement (default: {_D.patience}; 0 disables)",
     )
     p.add_argument("--seed", type=int, default=_D.seed, help=f"random seed (default: {_D.seed})")
-    add_out_args(p)
-    return p
 
 
 def _add_transform_args(p: argparse.ArgumentParser) -> None:
