@@ -89,9 +89,10 @@ def test_alive_starts_keep_their_images_and_their_spec():
 
 
 def test_the_cli_reports_dead_starts_and_the_pre_activation_layer(tmp_path, capsys, monkeypatch):
+    import diversevis.cli.diverse
     from diversevis.cli import main
 
-    monkeypatch.setattr("diversevis.cli.common.load", lambda args: rectified_cell(-2.0))
+    monkeypatch.setattr(diversevis.cli.diverse, "load", lambda args: rectified_cell(-2.0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         rc = main(["diverse", "--model", "x", "--layer", "1", "--unit", "0", "--images", "2", "--norm", "1",
