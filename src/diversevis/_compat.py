@@ -67,8 +67,9 @@ def _merged(old: str, parts: tuple[str, ...]) -> types.ModuleType:
     """A module that re-exports the public and private names of every part (the first part wins)."""
     module = types.ModuleType(old, f"Deprecated alias of {', '.join(parts)}.")
     for name in reversed(parts):
-        module.__dict__.update({k: v for k, v in vars(importlib.import_module(name)).items()
-                                if not k.startswith("__")})
+        module.__dict__.update(
+            {k: v for k, v in vars(importlib.import_module(name)).items() if not k.startswith("__")}
+        )
     return module
 
 
