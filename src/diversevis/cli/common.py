@@ -292,3 +292,14 @@ def settings_from_args(cls: type[S], args: argparse.Namespace, **values) -> S:
         elif hasattr(args, FLAG_DEST.get(name, name)):
             values[name] = getattr(args, FLAG_DEST.get(name, name))
     return cls(**values)
+
+
+def add_crop_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--crop nominal|effective``: how the ``what`` (images, crops) are sized."""
+    p.add_argument(
+        "--crop",
+        choices=["nominal", "effective"],
+        default="nominal",
+        help=f"size of the {what}: the unit's nominal receptive field (a readout: the whole input), or its "
+        "effective field, the box holding 95%% of the MEI's gradient energy (default: nominal)",
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from diversevis.cli.common import (
+    add_crop_arg,
     add_model_args,
     add_optim_args,
     add_precision_arg,
@@ -63,6 +64,7 @@ def add_diverse_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         help=f"restarts of the MEI used for the activation ratios (default: {DiverseSettings.mei_restarts})",
     )
     p.add_argument("--no-mei", action="store_true", help="skip the MEI (no ratios)")
+    add_crop_arg(p, "images")
     add_optim_args(p)
     add_precision_arg(p)
     return p

@@ -7,6 +7,7 @@ import math
 
 from diversevis.cli.common import (
     add_contrast_args,
+    add_crop_arg,
     add_model_args,
     add_optim_args,
     add_out_args,
@@ -63,6 +64,7 @@ def add_shift_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         default=ShiftSettings.mei_restarts,
         help=f"restarts of the MEI (default: {ShiftSettings.mei_restarts})",
     )
+    add_crop_arg(p, "crops")
     add_optim_args(p, lr=ShiftSettings.lr, max_iter=ShiftSettings.max_iter)
     return p
 

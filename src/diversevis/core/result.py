@@ -102,14 +102,17 @@ class Result:
             ``self``, for chaining.
         """
         shown, frac = clip_report(self.images)
-        batch = shown if self.mei_image is None else torch.cat([shown, clip_report(self.mei_image[None])[0]])
+        mei = self.mei_image
+        if mei is not None and tuple(mei.shape) != tuple(shown.shape[1:]):
+            mei = None  # an MEI of another size (images cropped to an effective field): not re-measured
+        batch = shown if mei is None else torch.cat([shown, clip_report(mei[None])[0]])
         with torch.no_grad():
             acts = evaluate(batch.to(device or self.images.device)).detach().float().cpu().reshape(-1)
         if acts.numel() != batch.shape[0]:
             raise DiversevisError(f"evaluate returned {acts.numel()} values for {batch.shape[0]} images")
         n = shown.shape[0]
         self.shown_activations = acts[:n]
-        self.shown_mei_activation = None if self.mei_image is None else float(acts[n])
+        self.shown_mei_activation = None if mei is None else float(acts[n])
         self.clipped_fraction = frac
         return self
 

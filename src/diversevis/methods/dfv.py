@@ -38,6 +38,7 @@ from diversevis.methods.problem import (
     _mei_result,
     _prepare,
     _resolve_prior,
+    effective_problem,
     resolve_mei,
 )
 from diversevis.methods.settings import DiverseSettings, MEISettings
@@ -185,6 +186,7 @@ def diverse(
     callbacks: Iterable[Callback] = (),
     prior: Any = None,
     prior_weight: float = DiverseSettings.prior_weight,
+    crop: str = DiverseSettings.crop,
 ) -> Result:
     """Diverse feature visualisation of one unit (or direction).
 
@@ -242,6 +244,10 @@ def diverse(
     prior_weight : float
         Weight ``beta`` of the prior's negative log-likelihood (nats summed over the set's pixels, as
         the reference code; the notebook used 1e-4). 0 disables the prior.
+    crop : {"nominal", "effective"}
+        Image size: the unit's nominal receptive field (or, for a readout / logit, the whole input), or
+        its effective field, the box holding 95 % of the gradient energy at the MEI (needs the MEI
+        image), in a grey canvas; ``spec["window"]`` gives the box's top-left corner.
 
     Returns
     -------
@@ -267,6 +273,7 @@ def diverse(
         precision=precision,
         mei_restarts=mei_restarts,
         prior_weight=prior_weight,
+        crop=crop,
     )
     net = _prepare(model, device)
     return run_diverse(
@@ -314,6 +321,8 @@ def run_diverse(
         mei,
         lambda: run_mei(net, layer, unit, direction, metric, s.mei_settings(prob.norm), progress=progress),
     )
+    if s.crop == "effective":
+        prob = effective_problem(prob, mei_res)
     param = PixelImage(
         s.n_images,
         net.in_channels,

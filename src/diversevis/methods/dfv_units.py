@@ -172,6 +172,8 @@ def run_diverse_units(
     progress: bool = False,
 ) -> list[Result]:
     """:func:`diverse_units` on a prepared network with validated settings."""
+    if s.crop != "nominal":
+        raise DiversevisError("crop='effective' is sized per unit: run diverse() for each unit")
     units = _check_units(net, layer, units)
     prob = _unit_problem(net, layer, units[0], s.contrast, s.norm, s.distance_layer, s.images)
     prob.check_distance(s.distance)

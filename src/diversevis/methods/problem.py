@@ -91,19 +91,27 @@ class Problem:
         b = p.canvas_size - p.image_size - a
         return F.pad(images, (a, b, a, b), value=0.5)
 
-    def windowed(self, image: torch.Tensor, fraction: float = 0.95) -> Problem:
-        """This whole-input problem on the unit's *effective* receptive field around ``image``.
+    def windowed(self, image: torch.Tensor, fraction: float = 0.95, *, square: bool = False) -> Problem:
+        """This problem on the unit's *effective* receptive field around ``image`` (e.g. the MEI).
 
         The effective field is the bounding box of the fewest pixels that hold ``fraction`` of the
-        gradient energy ``sum_c (d target / d x_c)^2`` at ``image`` (e.g. the MEI); the new problem
-        optimises or probes images of that box, placed at its position in a grey screen of the model's
-        input size, with the same norm. A problem that is not whole-input is returned unchanged.
+        gradient energy ``sum_c (d target / d x_c)^2`` at ``image`` (:func:`effective_box`); with
+        ``square`` it is widened to a square about its centre. The new problem optimises or probes
+        images of that box, placed where it lies in the canvas (grey elsewhere), read by the same unit,
+        with the same L2 norm; distances are measured over the distance-layer positions inside the box.
+        A problem already windowed is returned unchanged.
         """
-        if not self.placement.whole_input or self.window is not None:
+        if self.window is not None:
             return self
         top, left, h, w = effective_box(lambda x: self.evaluate(x, need_features=False)[0], image, fraction)
+        if square:
+            top, left, h, w = _square_box(top, left, h, w, *image.shape[-2:])
+        window = (self.placement.offset + top, self.placement.offset + left)
         place = dataclasses.replace(self.placement, image_size=h if h == w else (h, w))
-        return dataclasses.replace(self, placement=place, window=(top, left), distance_slice=None)
+        dslice = None
+        if self.distance_layer is not None:
+            dslice = _window_slice(self.net, self.distance_layer, place.canvas_size, window, (h, w))
+        return dataclasses.replace(self, placement=place, window=window, distance_slice=dslice)
 
     def evaluate(
         self, images: torch.Tensor, need_features: bool = True
@@ -182,6 +190,15 @@ class Problem:
         )
 
 
+def effective_problem(prob: Problem, mei: Result | None, *, square: bool = False) -> Problem:
+    """``prob`` on the effective receptive field of its MEI (``crop="effective"``)."""
+    if mei is None or mei.mei_image is None:
+        raise DiversevisError(
+            "crop='effective' sizes the images by the MEI's gradient energy: give mei=True or an MEI Result"
+        )
+    return prob.windowed(mei.mei_image.to(prob.net.device), square=square)
+
+
 def effective_box(
     values: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, fraction: float = 0.95
 ) -> tuple[int, int, int, int]:
@@ -213,6 +230,28 @@ def effective_box(
     top, bottom = _at_least(top, bottom, 3, H)
     left, right = _at_least(left, right, 3, W)
     return top, left, bottom - top, right - left
+
+
+def _square_box(top: int, left: int, h: int, w: int, H: int, W: int) -> tuple[int, int, int, int]:
+    """The square of side ``max(h, w)`` (at most ``min(H, W)``) about the box's centre, inside the image."""
+    side = min(max(h, w), H, W)
+    top = min(max(0, top + (h - side) // 2), H - side)
+    left = min(max(0, left + (w - side) // 2), W - side)
+    return top, left, side, side
+
+
+def _window_slice(
+    net: Network, layer: str, canvas: int | tuple[int, int], window: tuple[int, int], hw: tuple[int, int]
+) -> tuple[slice, slice]:
+    """Positions of ``layer`` (in a ``canvas`` input) whose receptive fields lie over the window."""
+    shape = net.output_shape(layer, canvas)
+    rf = net.receptive_field(layer)
+    try:
+        return tuple(  # type: ignore[return-value]
+            positions_inside(rf, lo, lo + n, size) for lo, n, size in zip(window, hw, shape[1:])
+        )
+    except ValueError:
+        return slice(None), slice(None)  # no position wholly inside: every position
 
 
 def _at_least(lo: int, hi: int, n: int, size: int) -> tuple[int, int]:

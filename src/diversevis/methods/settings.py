@@ -15,7 +15,7 @@ from diversevis.core.errors import DiversevisError
 from diversevis.core.objectives import DIVERSITIES
 from diversevis.core.settings import Settings
 
-__all__ = ["MEISettings", "DiverseSettings", "ShiftSettings"]
+__all__ = ["MEISettings", "DiverseSettings", "ShiftSettings", "CROPS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,9 @@ class DiverseSettings(Settings):
     ``diversity`` is the weight lambda of the diversity term ``distance`` (``min``, ``softmin`` with
     temperature ``tau``, ``gram``) measured in ``distance_layer`` (``None``: pixel space);
     ``prior_weight`` the weight beta of a natural-image prior; ``mei_restarts`` the restarts of the MEI
-    computed for the ratios.
+    computed for the ratios; ``crop`` sizes the images by the unit's ``nominal`` receptive field (or
+    the whole input of a readout) or by its ``effective`` field (the box holding 95 % of the gradient
+    energy at the MEI; see :meth:`~diversevis.methods.problem.Problem.windowed`).
     """
 
     n_images: int = 6
@@ -76,6 +78,7 @@ class DiverseSettings(Settings):
     precision: str = "fp32"
     mei_restarts: int = 4
     prior_weight: float = 0.0
+    crop: str = "nominal"
 
     def check(self) -> None:
         if not isinstance(self.n_images, int) or self.n_images < 2:
@@ -88,6 +91,7 @@ class DiverseSettings(Settings):
             raise DiversevisError(f"diversity (lambda) must be >= 0, got {self.diversity}")
         if self.prior_weight < 0:
             raise DiversevisError(f"prior_weight (beta) must be >= 0, got {self.prior_weight}")
+        _check_crop(self.crop)
 
     def mei_settings(self, norm: float | None = None) -> MEISettings:
         """The settings of the MEI this set is compared with (same contrast, loop and seed)."""
@@ -112,7 +116,9 @@ class ShiftSettings(Settings):
 
     ``weight_min`` blends the loss between the mean (0) and the worst crop (1); ``learn_mask`` learns the
     window's shape; ``stride`` is the offset step between crops; ``precondition_grad`` whitens the crops'
-    gradient; the rest as :class:`MEISettings` (reference loop: lr 0.1, 700 iterations).
+    gradient; ``crop="effective"`` sizes the crops by the unit's effective receptive field (a square
+    about the box holding 95 % of the MEI's gradient energy) instead of the nominal one; the rest as
+    :class:`MEISettings` (reference loop: lr 0.1, 700 iterations).
     """
 
     weight_min: float = 0.5
@@ -128,8 +134,10 @@ class ShiftSettings(Settings):
     seed: int = 0
     mei_restarts: int = 4
     images: str | Path | None = None
+    crop: str = "nominal"
 
     def check(self) -> None:
+        _check_crop(self.crop)
         if not 0.0 <= self.weight_min <= 1.0:
             raise DiversevisError(f"weight_min must be in [0, 1], got {self.weight_min}")
         if not isinstance(self.stride, int) or self.stride < 1:
@@ -143,3 +151,12 @@ class ShiftSettings(Settings):
             precondition=self.precondition_grad,
             seed=self.seed,
         )
+
+
+#: How images are sized: the unit's nominal receptive field, or its effective one.
+CROPS = ("nominal", "effective")
+
+
+def _check_crop(crop: str) -> None:
+    if crop not in CROPS:
+        raise DiversevisError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")

@@ -33,7 +33,7 @@ from diversevis.core.optimize import StepInfo, optimize
 from diversevis.core.params import precondition
 from diversevis.core.result import Result, clip_report, image_grid, png_html
 from diversevis.methods.dfv import run_mei
-from diversevis.methods.problem import Problem, _prepare, resolve_mei
+from diversevis.methods.problem import Problem, _prepare, effective_problem, resolve_mei
 from diversevis.methods.settings import ShiftSettings
 
 __all__ = ["super_gaussian_mask", "crop_offsets", "crop_batch", "TextureImage", "ShiftResult", "shift_test"]
@@ -331,6 +331,7 @@ def shift_test(
     mei: bool | float | Result = True,
     mei_restarts: int = ShiftSettings.mei_restarts,
     images: str | Path | None = ShiftSettings.images,
+    crop: str = ShiftSettings.crop,
     progress: bool = False,
     callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
 ) -> ShiftResult:
@@ -361,6 +362,10 @@ def shift_test(
     mei : bool, float or Result
         The MEI used for the ratios: computed (``True``, ``mei_restarts`` restarts), given as an
         activation, or a :class:`Result` of :func:`diversevis.mei`.
+    crop : {"nominal", "effective"}
+        Crop side: the nominal receptive field, or the effective one (a square about the box holding
+        95 % of the MEI's gradient energy; needs the MEI image). A unit that looks at 9 px of a 21 px
+        field is then tested with 9 px crops, as its invariance is about those pixels.
 
     Returns
     -------
@@ -381,6 +386,7 @@ def shift_test(
         seed=seed,
         mei_restarts=mei_restarts,
         images=images,
+        crop=crop,
     )
     net = _prepare(model, device)
     return run_shift_test(
@@ -414,6 +420,9 @@ def run_shift_test(
     )
     rf = _check_crops(prob, layer, s.stride)
     mei_res, mei_act = _shift_mei(prob, layer, unit, direction, metric, s, mei, progress)
+    if s.crop == "effective":
+        prob = effective_problem(prob, mei_res, square=True)
+        rf = _check_crops(prob, layer, s.stride)
     param = TextureImage(
         net.in_channels,
         rf,
