@@ -303,3 +303,8 @@ def add_crop_arg(p: argparse.ArgumentParser, what: str) -> None:
         help=f"size of the {what}: the unit's nominal receptive field (a readout: the whole input), or its "
         "effective field, the box holding 95%% of the MEI's gradient energy (default: nominal)",
     )
+
+
+def px(size) -> str:
+    """``24px`` for a side, ``36x64px`` for ``(height, width)``."""
+    return f"{size}px" if isinstance(size, int) else f"{size[0]}x{size[1]}px"

@@ -16,6 +16,7 @@ from diversevis.cli.common import (
     out_dir,
     positive_float,
     positive_int,
+    px,
     settings_from_args,
 )
 from diversevis.core.errors import DiversevisError
@@ -111,7 +112,7 @@ def _print_summary(res, command: str, out) -> None:
     spec = res.spec
     print(
         f"{spec['model']} {spec['layer']} unit {spec['unit']}: {len(res.activations)} image(s) of "
-        f"{spec['image_size']}px, {spec['n_iter']} iterations in {spec['seconds']:.1f}s"
+        f"{px(spec['image_size'])}, {spec['n_iter']} iterations in {spec['seconds']:.1f}s"
         + (f" (+ MEI {spec['mei_seconds']:.1f}s)" if spec.get("mei_seconds") else "")
     )
     acts = ", ".join(f"{a:.3g}" for a in m["activations"])
