@@ -176,3 +176,40 @@ def test_phase_test_of_readout_neurons_uses_their_effective_field(readout_net):
 def test_the_shift_test_refuses_a_readout_vector(readout_net):
     with pytest.raises(dv.DiversevisError, match="no spatial units"):
         dv.shift_test(readout_net, "readout", 0, norm=2.0, mei=1.0)
+
+
+def test_rectified_simple_readout_neuron_has_no_dead_images(readout_net):
+    """Neuron 1 is relu(<g, x>): half of the random starts give exactly 0; none stays dead."""
+    res = dv.diverse(readout_net, "readout", 1, n_images=6, diversity=0.5, norm=2.0, max_iter=300, seed=0)
+    assert "dead_images" not in res.spec and float(res.ratios.min()) > 0.8
+    assert res.spec.get("dead_starts_redrawn", 0) >= 1  # some starts were dead and redrawn
+
+
+def test_a_model_returning_a_dict_is_fine_for_inner_layers():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 5)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            f = self.conv(x)
+            return {"features": f, "logits": self.head(f.mean((2, 3)))}
+
+    torch.manual_seed(0)
+    net = dv.Network(TwoHeads().eval(), input_size=5)
+    assert dv.mei(net, "conv", 1, norm=1.0, max_iter=10, restarts=1).mei_activation > 0
+    assert dv.mei(net, "head", 0, norm=1.0, max_iter=10, restarts=1).images.shape == (1, 3, 5, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_take_inputs_in_their_dtype(dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 5)).to(dtype).eval()
+    net = dv.Network(model, input_size=5)
+    try:
+        m = dv.mei(net, "0", 1, norm=1.0, max_iter=10, restarts=1)
+    except dv.DiversevisError as exc:  # a CPU build without half convolutions says so
+        pytest.skip(str(exc))
+    assert m.images.dtype == torch.float32 and math.isfinite(m.mei_activation)
+    assert model[0].weight.dtype == dtype

@@ -316,7 +316,8 @@ class Network(nn.Module):
         missing = [p for p in wanted if p not in captured]
         if missing:
             raise DiversevisError(f"layers {missing} were not reached by the forward pass of {self.name}")
-        return {layer: _float32(captured[p]) for layer, p in zip(layers, paths)}
+        cast = self.dtype != torch.float32  # a float64 / half / bf16 model gives float32 activations
+        return {layer: captured[p].float() if cast else captured[p] for layer, p in zip(layers, paths)}
 
     def pre_activation(self, layer: str) -> str | None:
         """The layer just before the rectifier that produces ``layer``'s output, if it ends in one.
@@ -486,11 +487,6 @@ def _input_hw(size: int | Sequence[int]) -> tuple[int, int]:
     if len(hw) != 2 or min(hw) < 1:
         raise DiversevisError(f"input_size must be a side or (height, width) of positive ints, got {size!r}")
     return hw
-
-
-def _float32(t: torch.Tensor) -> torch.Tensor:
-    """Activations of a float64 / half model as float32 (float32 and autocast outputs pass through)."""
-    return t.float() if t.dtype in (torch.float64, torch.float16) else t
 
 
 def _first_conv_channels(module: nn.Module) -> int | None:
