@@ -48,6 +48,19 @@ class Settings:
             )
         return cls(**values)
 
+    @classmethod
+    def from_arguments(cls: type[S], arguments: Mapping[str, Any]) -> S:
+        """Build from a keyword API's arguments (``locals()``): the fields of ``cls``, other names ignored."""
+        return cls(**{name: arguments[name] for name in cls.names() if name in arguments})
+
+    def loop(self) -> dict[str, Any]:
+        """The shared optimisation loop's keywords these settings hold (``lr``, ``max_iter``, ...)."""
+        return {
+            k: getattr(self, k)
+            for k in ("lr", "max_iter", "patience", "ema", "precision")
+            if k in self.names()
+        }
+
     def replace(self: S, **changes: Any) -> S:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)

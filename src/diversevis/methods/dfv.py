@@ -81,19 +81,7 @@ def mei(
     Result
         One image; ``mei_activation`` is its activation and ``extra["restart_activations"]`` lists all.
     """
-    settings = MEISettings(
-        contrast=contrast,
-        norm=norm,
-        images=images,
-        seed=seed,
-        restarts=restarts,
-        precondition=precondition,
-        lr=lr,
-        max_iter=max_iter,
-        patience=patience,
-        ema=ema,
-        precision=precision,
-    )
+    settings = MEISettings.from_arguments(locals())
     net = _prepare(model, device)
     return run_mei(net, layer, unit, direction, metric, settings, progress=progress, callbacks=callbacks)
 
@@ -139,11 +127,7 @@ def run_mei(
         opt = optimize(
             param,
             lambda x: -values(x).mean(),
-            lr=s.lr,
-            max_iter=s.max_iter,
-            patience=s.patience,
-            ema=s.ema,
-            precision=s.precision,
+            **s.loop(),
             progress=progress,
             desc=f"MEI {net.display_name(layer)}:{unit}",
             callbacks=callbacks,
@@ -255,26 +239,7 @@ def diverse(
         ``images`` ``(N, C, rf, rf)``, ``activations`` ``(N,)``, ``ratios``, ``distances``,
         ``min_distance``, ``loss_history`` and the run ``spec``.
     """
-    settings = DiverseSettings(
-        n_images=n_images,
-        diversity=diversity,
-        distance_layer=distance_layer,
-        distance=distance,
-        tau=tau,
-        contrast=contrast,
-        norm=norm,
-        images=images,
-        seed=seed,
-        precondition=precondition,
-        lr=lr,
-        max_iter=max_iter,
-        patience=patience,
-        ema=ema,
-        precision=precision,
-        mei_restarts=mei_restarts,
-        prior_weight=prior_weight,
-        crop=crop,
-    )
+    settings = DiverseSettings.from_arguments(locals())
     net = _prepare(model, device)
     return run_diverse(
         net,
@@ -340,11 +305,7 @@ def run_diverse(
         opt = optimize(
             param,
             loss_fn,
-            lr=s.lr,
-            max_iter=s.max_iter,
-            patience=s.patience,
-            ema=s.ema,
-            precision=s.precision,
+            **s.loop(),
             progress=progress,
             desc=label,
             callbacks=callbacks,

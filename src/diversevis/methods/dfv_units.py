@@ -64,19 +64,7 @@ def mei_units(
     list of Result
         One per unit, in the order given.
     """
-    settings = MEISettings(
-        contrast=contrast,
-        norm=norm,
-        images=images,
-        seed=seed,
-        restarts=restarts,
-        precondition=precondition,
-        lr=lr,
-        max_iter=max_iter,
-        patience=patience,
-        ema=ema,
-        precision=precision,
-    )
+    settings = MEISettings.from_arguments(locals())
     return run_mei_units(_prepare(model, device), layer, units, settings, progress=progress)
 
 
@@ -141,24 +129,7 @@ def diverse_units(
     list of Result
         One per unit, in the order given.
     """
-    settings = DiverseSettings(
-        n_images=n_images,
-        diversity=diversity,
-        distance_layer=distance_layer,
-        distance=distance,
-        tau=tau,
-        contrast=contrast,
-        norm=norm,
-        images=images,
-        seed=seed,
-        precondition=precondition,
-        lr=lr,
-        max_iter=max_iter,
-        patience=patience,
-        ema=ema,
-        precision=precision,
-        mei_restarts=mei_restarts,
-    )
+    settings = DiverseSettings.from_arguments(locals())
     return run_diverse_units(_prepare(model, device), layer, units, settings, mei=mei, progress=progress)
 
 
@@ -274,11 +245,7 @@ def _optimize_units(
             param,
             lambda x, groups: loss_fn(x, groups, unit_t),
             groups=G,
-            lr=s.lr,
-            max_iter=s.max_iter,
-            patience=s.patience,
-            ema=s.ema,
-            precision=s.precision,
+            **s.loop(),
             progress=progress,
             desc=f"{desc} x{G}",
             compact=True,

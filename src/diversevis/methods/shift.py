@@ -372,22 +372,7 @@ def shift_test(
     ShiftResult
         Texture, window, activation per shift, ``mean_ratio`` and ``min_ratio``.
     """
-    settings = ShiftSettings(
-        weight_min=weight_min,
-        learn_mask=learn_mask,
-        stride=stride,
-        contrast=contrast,
-        norm=norm,
-        precondition_grad=precondition_grad,
-        lr=lr,
-        max_iter=max_iter,
-        patience=patience,
-        ema=ema,
-        seed=seed,
-        mei_restarts=mei_restarts,
-        images=images,
-        crop=crop,
-    )
+    settings = ShiftSettings.from_arguments(locals())
     net = _prepare(model, device)
     return run_shift_test(
         net, layer, unit, direction, metric, settings, mei=mei, progress=progress, callbacks=callbacks
@@ -446,10 +431,7 @@ def run_shift_test(
     opt = optimize(
         param,
         loss_fn,
-        lr=s.lr,
-        max_iter=s.max_iter,
-        patience=s.patience,
-        ema=s.ema,
+        **s.loop(),
         progress=progress,
         desc=f"shift {net.display_name(layer)}:{unit}",
         callbacks=callbacks,
@@ -518,10 +500,7 @@ def _shift_spec(prob: Problem, s: ShiftSettings, opt, param, n: int, mei_compute
         n_crops=n * n,
         texture_size=2 * prob.placement.image_size - 1,
         precondition=s.precondition_grad,
-        lr=s.lr,
-        max_iter=s.max_iter,
-        patience=s.patience,
-        ema=s.ema,
+        **s.loop(),
         mei_restarts=s.mei_restarts if mei_computed else None,
         mei_seconds=None if mei_res is None else mei_res.spec.get("seconds"),
     )

@@ -159,19 +159,7 @@ def sweep(
     net = _prepare(model, device)
     for layer in layers:
         net.resolve(layer)
-    settings = SweepSettings(
-        tests=tuple(tests),
-        n_images=n_images,
-        diversity=diversity,
-        distance_layer=distance_layer,
-        contrast=contrast,
-        max_iter=max_iter,
-        mei_restarts=mei_restarts,
-        seed=seed,
-        shift_stride=shift_stride,
-        images=images,
-        precision=precision,
-    )
+    settings = SweepSettings.from_arguments({**locals(), "tests": tuple(tests)})
     store = _open_store(out, settings.stored(net.spec or net.name, getattr(net, "load_args", None)), force)
     tasks = _plan(
         net,

@@ -353,33 +353,7 @@ def actmax(
         the untransformed images; ``spec`` with every setting, ``grey_activation`` (the target value of a
         uniform grey image), counts, timings and versions.
     """
-    s = ActmaxSettings(
-        n_images=n_images,
-        size=size,
-        objective=objective,
-        fft=fft,
-        decay_power=decay_power,
-        decorrelate=decorrelate,
-        constraint=constraint,
-        contrast=contrast,
-        norm=norm,
-        transforms=transforms,
-        pad=pad,
-        jitter=jitter,
-        scale=scale,
-        rotate=rotate,
-        l1=l1,
-        tv=tv,
-        tv_beta=tv_beta,
-        redirect_relu=redirect_relu,
-        init_sd=init_sd,
-        lr=lr,
-        max_iter=max_iter,
-        patience=patience,
-        ema=ema,
-        seed=seed,
-        images=images,
-    )
+    s = ActmaxSettings.from_arguments(locals())
     return run_actmax(model, layer, unit, s, device=device, progress=progress, callbacks=callbacks)
 
 
@@ -489,10 +463,7 @@ def _optimise(
         opt = optimize(
             param,
             loss_fn,
-            lr=s.lr,
-            max_iter=s.max_iter,
-            patience=s.patience,
-            ema=s.ema,
+            **s.loop(),
             progress=progress,
             desc=desc,
             callbacks=callbacks,

@@ -343,21 +343,7 @@ def invert(
         square root), ``image_rms_error`` (display units) and ``image_relative_error``
         (``||x - x0|| / ||x0 - mean(x0)||``).
     """
-    s = InversionSettings(
-        size=size,
-        alpha=alpha,
-        beta=beta,
-        lambda_alpha=lambda_alpha,
-        lambda_tv=lambda_tv,
-        bound=bound,
-        precondition=precondition,
-        init_sd=init_sd,
-        lr=lr,
-        max_iter=max_iter,
-        patience=patience,
-        ema=ema,
-        seed=seed,
-    )
+    s = InversionSettings.from_arguments(locals())
     return run_invert(model, layer, image, s, device=device, progress=progress, callbacks=callbacks)
 
 
@@ -388,10 +374,7 @@ def run_invert(
     opt = optimize(
         param,
         loss_fn,
-        lr=s.lr,
-        max_iter=s.max_iter,
-        patience=s.patience,
-        ema=s.ema,
+        **s.loop(),
         progress=progress,
         desc=f"invert {net.display_name(layer)}",
         callbacks=callbacks,

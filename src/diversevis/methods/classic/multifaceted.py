@@ -492,29 +492,7 @@ def multifaceted(
     t0 = time.perf_counter()
     net = _rgb_network(model, device)
     unit = _check_unit(unit)
-    s = MultifacetedSettings(
-        k=k,
-        top=top,
-        candidates=candidates,
-        patch_size=patch_size,
-        match_contrast=match_contrast,
-        contrast=contrast,
-        embed_layer=embed_layer,
-        pool=pool,
-        normalize=normalize,
-        pca=pca,
-        n_mean=n_mean,
-        lr=lr,
-        max_iter=max_iter,
-        patience=patience,
-        tv=tv,
-        facet_weight=facet_weight,
-        jitter=jitter,
-        window=window,
-        seed=seed,
-        batch=batch,
-        images=images,
-    )
+    s = MultifacetedSettings.from_arguments(locals())
     return _run(net, layer, unit, s, patches, progress, t0)
 
 
