@@ -9,7 +9,7 @@
 __version__ = "0.1.0"
 
 from diversevis import _compat
-from diversevis.core.errors import DiversevisError, LayerNotFoundError, ModelNotFoundError
+from diversevis.core.errors import DiversevisError, EnvironmentProblem, LayerNotFoundError, ModelNotFoundError
 from diversevis.core.network import LayerInfo, Network, as_network
 from diversevis.core.objectives import Target
 from diversevis.core.receptive import ReceptiveField
@@ -74,6 +74,7 @@ __all__ = [
     "participation_ratio",
     "set_metrics",
     "DiversevisError",
+    "EnvironmentProblem",
     "LayerNotFoundError",
     "ModelNotFoundError",
     *_LAZY,

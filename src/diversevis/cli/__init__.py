@@ -18,11 +18,12 @@ import sys
 from collections.abc import Sequence
 
 from diversevis.cli import common as _common
-from diversevis.core.errors import DiversevisError
+from diversevis.core.errors import DiversevisError, EnvironmentProblem
 
-__all__ = ["main", "build_parser", "EXIT_USAGE", "EXIT_INTERRUPTED", "COMMAND_MODULES"]
+__all__ = ["main", "build_parser", "EXIT_USAGE", "EXIT_ENVIRONMENT", "EXIT_INTERRUPTED", "COMMAND_MODULES"]
 
 EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 1
 EXIT_INTERRUPTED = 130
 
 #: Modules ``diversevis.cli.<name>``, in ``diversevis --help`` order; each defines ``COMMANDS``, a
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--diversity 0.01 --distance-layer conv2_2 --out runs/u21",
     )
     parser.add_argument("--version", action="version", version=f"diversevis {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     parser.set_defaults(handler=None)
@@ -105,19 +107,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: the handler's, :data:`EXIT_USAGE` for a :class:`DiversevisError` (one line on
-        stderr), :data:`EXIT_INTERRUPTED` on Ctrl-C. Argparse errors exit with 2 via :class:`SystemExit`.
+        The exit status: the handler's (0); :data:`EXIT_USAGE` (2) for a usage error
+        (:class:`DiversevisError`: bad names or values; argparse errors exit 2 via :class:`SystemExit`);
+        :data:`EXIT_ENVIRONMENT` (1) for the machine (:class:`EnvironmentProblem`, an :class:`OSError`
+        such as a permission error or a full disk, or an unexpected error); :data:`EXIT_INTERRUPTED` (130)
+        on Ctrl-C. Each prints one line on stderr; ``--debug`` adds the traceback.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "out", None):
+            _common.check_writable(args.out)  # before any optimisation
         return args.handler(args)
+    except EnvironmentProblem as e:
+        return _fail(args, str(e), EXIT_ENVIRONMENT)
     except DiversevisError as e:
-        print(f"diversevis: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, str(e), EXIT_USAGE)
     except KeyboardInterrupt:
         print("diversevis: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:
+        where = f" {e.filename!r}" if e.filename else ""
+        return _fail(args, f"cannot access{where}: {e.strerror or e}", EXIT_ENVIRONMENT)
+    except Exception as e:  # a bug, not the user's fault: one line, the traceback with --debug
+        msg = f"unexpected {type(e).__name__}: {e} (please report it; --debug shows the traceback)"
+        return _fail(args, msg, EXIT_ENVIRONMENT)
+
+
+def _fail(args: argparse.Namespace, message: str, status: int) -> int:
+    """Print ``diversevis: error: message`` (and the traceback with ``--debug``); return ``status``."""
+    if getattr(args, "debug", False):
+        import traceback
+
+        traceback.print_exc()
+    print(f"diversevis: error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

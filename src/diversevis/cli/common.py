@@ -8,10 +8,12 @@ Argparse ``type=`` checkers (:func:`number` and its instances), the argument gro
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TypeVar
 
-from diversevis.core.errors import DiversevisError
+from diversevis.core.devices import check_device
+from diversevis.core.errors import DiversevisError, EnvironmentProblem
 from diversevis.core.settings import Settings
 
 S = TypeVar("S", bound=Settings)
@@ -256,6 +258,7 @@ def load(args):
     from diversevis.models.user import parse_model_args
     from diversevis.models.zoo import load_model
 
+    check_device(args.device)  # before loading: "cuda is not available" beats a long load
     net = load_model(
         args.model,
         device=args.device,
@@ -308,3 +311,32 @@ def add_crop_arg(p: argparse.ArgumentParser, what: str) -> None:
 def px(size) -> str:
     """``24px`` for a side, ``36x64px`` for ``(height, width)``."""
     return f"{size}px" if isinstance(size, int) else f"{size[0]}x{size[1]}px"
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse an output directory that cannot be created or written, before any work is done.
+
+    Nothing is created: the path must be a directory or not exist yet, and its nearest existing
+    ancestor must be a writable directory.
+
+    Raises
+    ------
+    DiversevisError
+        The path (or an ancestor) is a file: a usage error.
+    EnvironmentProblem
+        No permission to write there (or a read-only file system).
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise DiversevisError(f"cannot create output directory {str(out)!r}: it is a file, not a directory")
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise DiversevisError(
+            f"cannot create output directory {str(out)!r}: {str(base)!r} is a file, not a directory"
+        )
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise EnvironmentProblem(
+            f"cannot create output directory {str(out)!r}: no permission to write to {str(base)!r}"
+        )

@@ -1,7 +1,8 @@
 """Exceptions raised for user errors (bad model spec, layer name, unit index, sizes, files).
 
 Every user-facing error derives from :class:`DiversevisError`; the CLI prints its message on one line and
-exits with status 2 instead of showing a traceback.
+exits with status 2 (a usage error) or, for :class:`EnvironmentProblem` (an unwritable output, a full
+disk, a missing device), 1, instead of showing a traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ class LayerNotFoundError(DiversevisError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class EnvironmentProblem(DiversevisError):
+    """The machine, not the arguments: an output that cannot be written, a full disk, a missing device."""
 
 
 class ModelNotFoundError(DiversevisError):

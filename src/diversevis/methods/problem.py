@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from diversevis.core.devices import check_device
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network, as_network
 from diversevis.core.objectives import Target, pairwise_rms_matrix, target_value
@@ -355,6 +356,8 @@ def resolve_mei(
 
 
 def _prepare(model, device) -> Network:
+    """The model as a :class:`Network`, moved to ``device`` (checked first) when one is given."""
+    device = check_device(device)
     net = as_network(model)
     if device is not None:
         net.to(device)

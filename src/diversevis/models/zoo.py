@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from diversevis.core.cache import atomic_save_torch, cache_dir
+from diversevis.core.devices import check_device
 from diversevis.core.errors import DiversevisError, ModelNotFoundError, did_you_mean
 from diversevis.core.network import Network, register_spec_loader
 from diversevis.models.hub import IMAGENET_MEAN, IMAGENET_STD, load_timm, load_torchvision
@@ -368,7 +369,7 @@ def load_model(
         net.spec, net.load_args = spec, {}
         net.module.eval().requires_grad_(False)  # built here, so ours to freeze (a user's module never is)
     if device is not None:
-        net.to(device)
+        net.to(check_device(device))
     return net
 
 

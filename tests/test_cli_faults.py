@@ -1,0 +1,87 @@
+"""The CLI never answers a user's or the machine's fault with a traceback: one line, a documented status.
+
+Exit statuses: 2 for usage errors (names, values), 1 for the environment (an unwritable output, a
+missing device, an unexpected error), 130 for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from diversevis.cli import EXIT_ENVIRONMENT, EXIT_USAGE, main
+from diversevis.core.devices import check_device
+from diversevis.core.errors import DiversevisError, EnvironmentProblem
+
+MEI = ["mei", "--model", "cell:simple", "--layer", "response", "--unit", "0", "--max-iter", "3", "--quiet"]
+
+
+def run(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def test_an_output_path_under_a_file_is_refused_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, err = run(capsys, [*MEI, "--out", str(blocker / "run")])
+    assert rc == EXIT_USAGE and len(err) == 1 and "is a file, not a directory" in err[0]
+    assert not (blocker.parent / "run").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_output_directory_is_an_environment_error(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        rc, err = run(capsys, [*MEI, "--out", str(ro / "run")])
+    finally:
+        ro.chmod(0o700)
+    assert rc == EXIT_ENVIRONMENT and len(err) == 1 and "no permission to write" in err[0]
+
+
+def test_a_write_that_fails_with_an_os_error_is_one_line_and_status_1(tmp_path, capsys, monkeypatch):
+    import diversevis.core.cache as cache
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / "out" / "grid.png"))
+
+    monkeypatch.setattr(cache.os, "fsync", full)
+    rc, err = run(capsys, [*MEI, "--out", str(tmp_path / "out")])
+    assert rc == EXIT_ENVIRONMENT and len(err) == 1
+    assert "No space left on device" in err[0] and "grid.png" in err[0]
+
+
+@pytest.mark.parametrize(
+    "device, error, match",
+    [("banana", DiversevisError, "unknown device 'banana'"), ("cuda:99", EnvironmentProblem, "cuda")],
+)
+def test_devices_are_checked_against_this_machine(device, error, match):
+    with pytest.raises(error, match=match):
+        check_device(device)
+
+
+def test_an_unavailable_device_exits_1_and_an_unknown_one_2(capsys):
+    rc, err = run(capsys, [*MEI, "--device", "banana"])
+    assert rc == EXIT_USAGE and "unknown device" in err[0]
+    rc, err = run(capsys, [*MEI, "--device", "cuda:99"])
+    assert rc == EXIT_ENVIRONMENT and len(err) == 1
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
+    import diversevis.cli.diverse as cmd
+
+    def bug(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cmd, "load", bug)
+    rc, err = run(capsys, [*MEI])
+    assert rc == EXIT_ENVIRONMENT and err == [
+        "diversevis: error: unexpected ZeroDivisionError: division by zero (please report it; --debug shows "
+        "the traceback)"
+    ]
+    rc, err = run(capsys, ["--debug", *MEI])
+    assert rc == EXIT_ENVIRONMENT and err[0].startswith("Traceback") and len(err) > 3
