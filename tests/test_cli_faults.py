@@ -85,3 +85,14 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, m
     ]
     rc, err = run(capsys, ["--debug", *MEI])
     assert rc == EXIT_ENVIRONMENT and err[0].startswith("Traceback") and len(err) > 3
+
+
+def test_a_sweep_refused_for_bad_units_leaves_no_settings_behind(tmp_path, capsys):
+    argv = ["sweep", "--model", "cell:simple", "--layers", "response", "--max-iter", "3", "--quiet"]
+    rc, err = run(capsys, [*argv, "--units", "5-9", "--out", str(tmp_path / "s")])
+    assert rc == EXIT_USAGE and "out of range" in err[0]
+    assert not (tmp_path / "s").exists()
+    rc, err = run(
+        capsys, [*argv, "--units", "0", "--mei-restarts", "1", "--tests", "dfv", "--out", str(tmp_path / "s")]
+    )
+    assert rc == 0, err  # the corrected command is not refused for "other settings"

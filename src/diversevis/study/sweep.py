@@ -157,8 +157,8 @@ def sweep(
     """
     _check_arguments(batch_units, backend, workers, ray_address, worker_threads)
     net = _prepare(model, device)
-    for layer in layers:
-        net.resolve(layer)
+    for layer in layers:  # every request checked before the store is touched (its settings are saved)
+        parse_units(units, net.channels(layer), seed)
     settings = SweepSettings.from_arguments({**locals(), "tests": tuple(tests)})
     store = _open_store(out, settings.stored(net.spec or net.name, getattr(net, "load_args", None)), force)
     tasks = _plan(
