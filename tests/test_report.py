@@ -2,14 +2,17 @@
 
 One tiny real sweep (vgg16-paper conv1_1, units 0-3, 30 iterations, DFV + phase test; a few seconds) is
 shared by the module. Tests that change a store work on a copy. The browser test drives the Debian
-Chromium at /usr/bin/chromium with Playwright (``pip install playwright``; no ``playwright install``) and
-is skipped with a reason where either is missing.
+Chromium at /usr/bin/chromium with Playwright (``pip install playwright``; no ``playwright install``); where
+either is missing it is skipped with a reason, except under CI (``CI`` set, e.g. ``CI=true``), where it fails.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import shutil
+import sys
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
@@ -203,10 +206,42 @@ def _column(page, key: str) -> list[float]:
     )
 
 
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _browser_missing() -> str | None:
+    """Why the browser test cannot run here (None: it can)."""
+    if not CHROMIUM.exists():
+        return f"needs Chromium at {CHROMIUM}: install chromium (apt-get install chromium)"
+    if importlib.util.find_spec("playwright") is None:
+        return "needs the playwright package: install it (pip install playwright)"
+    return None
+
+
+def _skip_or_fail_without_browser() -> None:
+    """Skip where Chromium or Playwright is missing, but fail under CI: there the test must run."""
+    why = _browser_missing()
+    if why is None:
+        return
+    if _in_ci():
+        pytest.fail(f"CI is set but the browser test cannot run: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+def test_missing_chromium_skips_outside_ci_and_fails_under_ci(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", Path("/nonexistent/chromium"))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="install chromium"):
+        _skip_or_fail_without_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="install chromium"):
+        _skip_or_fail_without_browser()
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
 def test_report_in_headless_chromium(report):
-    pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pip install playwright)")
+    _skip_or_fail_without_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -69,6 +70,33 @@ def test_a_failed_save_leaves_no_result_json_and_no_temp_files(result, tmp_path,
     names = [p.name for p in (tmp_path / "run").iterdir()]
     assert "result.json" not in names
     assert not [n for n in names if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_a_write_failing_after_its_temp_file_exists_leaves_no_temp_file_and_the_old_target(
+    result, tmp_path, monkeypatch, failing
+):
+    """The failure strikes once the temporary file is written (at fsync or at the rename over the target):
+    the temporary file is removed and every existing file keeps its old content."""
+    out = tmp_path / "run"
+    out.mkdir()
+    old = {name: f"old {name}".encode() for name in ("grid.png", "images.npz", "result.json")}
+    for name, data in old.items():
+        (out / name).write_bytes(data)
+    seen_tmp: list[list[str]] = []
+
+    def boom(*a, **k):
+        seen_tmp.append([p.name for p in out.iterdir() if p.name.endswith(".tmp")])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, failing, boom)  # cache.py calls os.fsync / os.replace through the os module
+    with pytest.raises(OSError, match="disk full"):
+        result.save(out)
+    monkeypatch.undo()
+    assert seen_tmp and seen_tmp[0], "the failure must come after the temporary file exists"
+    assert sorted(p.name for p in out.iterdir()) == sorted(old)  # no .tmp left behind
+    for name, data in old.items():
+        assert (out / name).read_bytes() == data, name
 
 
 def test_loading_an_incomplete_directory_is_a_clear_error(tmp_path):

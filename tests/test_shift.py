@@ -92,11 +92,35 @@ def test_learned_window_changes_shape_and_result_is_saved(meis, tmp_path):
     assert res.crops().shape == (64, 3, 16, 16)
 
 
-def test_shift_test_runs_on_real_vgg16_conv2_1(vgg16_paper):
+def test_shift_test_on_real_vgg16_conv2_1_reports_what_the_unit_sees(vgg16_paper):
+    """Known answers on the real network: conv2_1 of the VALID VGG sees a 10 px field, so each masked crop
+    gives a single (1 x 1) conv2_1 output. The reported activations are the unit's responses to
+    ``res.crops()`` recomputed here, in row-major shift order; the crops have the requested contrast, the
+    same as the MEI's, and the ratios are those activations over the MEI's (recomputed) activation."""
     mei = dv.mei(vgg16_paper, "conv2_1", 3, restarts=1, max_iter=100)
     res = shift_test(vgg16_paper, "conv2_1", 3, stride=3, max_iter=40, mei=mei)
     assert res.activations.shape == (3, 3) and res.spec["texture_size"] == 19
-    assert torch.isfinite(res.activations).all() and res.mean_ratio > 0
+    assert res.spec["image_size"] == 10 and torch.isfinite(res.activations).all()
+
+    crops = res.crops()
+    assert crops.shape == (9, 3, 10, 10)
+    with torch.no_grad():
+        out = vgg16_paper.activations(crops, ["conv2_1"])["conv2_1"]
+        mei_out = vgg16_paper.activations(mei.mei_image[None], ["conv2_1"])["conv2_1"]
+    assert out.shape == (9, 128, 1, 1)
+    torch.testing.assert_close(res.activations.flatten(), out[:, 3, 0, 0].cpu(), rtol=1e-4, atol=1e-4)
+
+    norm = res.spec["norm"]
+    rms = float((crops - 0.5).flatten(1).pow(2).sum(1).mean().sqrt())
+    assert rms == pytest.approx(norm, rel=1e-4)  # the requested contrast (RMS of the crops' L2 norms)
+    assert float((mei.mei_image - 0.5).norm()) == pytest.approx(norm, rel=1e-4)  # the MEI's contrast
+
+    assert res.mei_activation == pytest.approx(mei.mei_activation)
+    assert float(mei_out[0, 3, 0, 0]) == pytest.approx(res.mei_activation, rel=1e-4)
+    acts = res.activations.flatten()
+    assert res.mean_ratio == pytest.approx(float(acts.mean()) / res.mei_activation, rel=1e-6)
+    assert res.min_ratio == pytest.approx(float(acts.min()) / res.mei_activation, rel=1e-6)
+    assert 0 < res.min_ratio <= res.mean_ratio <= float(acts.max()) / res.mei_activation <= 1.0 + 1e-3
 
 
 def test_bad_shift_arguments_are_rejected():
