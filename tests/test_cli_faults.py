@@ -96,3 +96,32 @@ def test_a_sweep_refused_for_bad_units_leaves_no_settings_behind(tmp_path, capsy
         capsys, [*argv, "--units", "0", "--mei-restarts", "1", "--tests", "dfv", "--out", str(tmp_path / "s")]
     )
     assert rc == 0, err  # the corrected command is not refused for "other settings"
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--lr", "inf"], "expected a finite number > 0, got inf"),
+        (["--contrast", "nan"], "expected a finite number > 0, got nan"),
+        (["--norm", "inf"], "expected a finite number > 0, got inf"),
+        (["--max-iter", "0"], "expected an integer >= 1, got 0"),
+        (["--seed", str(2**64)], "seed must be an integer in [0, 9223372036854775807]"),
+    ],
+)
+def test_absurd_numbers_are_usage_errors_without_a_traceback(capsys, flags, match):
+    try:
+        rc = main([*MEI, *flags])
+    except SystemExit as exit_:  # argparse: usage line + error line
+        rc = exit_.code
+    err = capsys.readouterr().err
+    assert rc == EXIT_USAGE and match in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_a_pickled_direction_file_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    f = tmp_path / "d.npy"
+    np.save(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    argv = ["mei", "--model", "cell:simple", "--layer", "response", "--direction", str(f), "--quiet"]
+    rc, err = run(capsys, argv)
+    assert rc == EXIT_USAGE and len(err) == 1 and "not a plain numeric .npy array" in err[0]

@@ -8,6 +8,7 @@ Argparse ``type=`` checkers (:func:`number` and its instances), the argument gro
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import TypeVar
@@ -61,6 +62,8 @@ def number(kind: type, check, rule: str):
             v = kind(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {noun}, got {s!r}") from None
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a finite number {rule}, got {s}")
         if not check(v):
             raise argparse.ArgumentTypeError(f"expected {noun} {rule}, got {s}")
         return v
@@ -229,7 +232,12 @@ def direction(arg: str | None):
         path = Path(arg)
         if not path.is_file():
             raise DiversevisError(f"direction file {arg!r} does not exist")
-        return np.load(path).astype("float32").ravel().tolist()
+        try:
+            return np.load(path, allow_pickle=False).astype("float32").ravel().tolist()
+        except (ValueError, OSError) as exc:
+            raise DiversevisError(
+                f"direction file {arg!r} is not a plain numeric .npy array ({exc}); save one with np.save"
+            ) from None
     try:
         return [float(v) for v in arg.split(",")]
     except ValueError:

@@ -16,6 +16,7 @@ Diversity of a set of feature vectors ``f`` (``(..., N, D)``, groups of ``N`` im
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,14 @@ class Target:
     direction: torch.Tensor | None = None
     metric: str = "max"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.unit, numbers.Integral) and not isinstance(self.unit, (bool, int)):
+            object.__setattr__(self, "unit", int(self.unit))  # np.int64 from argsort, a torch scalar
+        elif (
+            isinstance(self.unit, torch.Tensor) and self.unit.dim() == 0 and not self.unit.is_floating_point()
+        ):
+            object.__setattr__(self, "unit", int(self.unit))
+
     def check(self, channels: int) -> Target:
         """Validate against the layer's channel count; returns ``self``."""
         if self.metric not in METRICS:
@@ -82,6 +91,8 @@ class Target:
                     f"direction must be a vector of length {channels} (the channels of {self.layer!r}), "
                     f"got shape {tuple(d.shape)}"
                 )
+            if not bool(torch.isfinite(d).all()):
+                raise DiversevisError("direction must be finite (it holds nan or inf)")
             if self.metric != "mse" and float(d.norm()) == 0:
                 raise DiversevisError("direction must be non-zero")
         return self

@@ -9,6 +9,7 @@ close-match suggestions for unknown keys).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -24,6 +25,12 @@ class Settings:
     """Base of the per-method settings (frozen: a settings object never changes after validation)."""
 
     def __post_init__(self) -> None:
+        for name in self.names():  # numpy / torch scalars (np.int64 from argsort, ...) as Python numbers
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+                object.__setattr__(self, name, int(value))
+            elif isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                object.__setattr__(self, name, float(value))
         self.check()
 
     def check(self) -> None:

@@ -8,6 +8,8 @@ stores one per test and compares them on resume, and :meth:`spec` gives the run-
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,35 @@ from diversevis.core.objectives import DIVERSITIES
 from diversevis.core.settings import Settings
 
 __all__ = ["MEISettings", "DiverseSettings", "ShiftSettings", "CROPS"]
+
+
+def _check_common(s: Settings) -> None:
+    """Checks every DFV-family setting shares: finite positive numbers, integer counts, the seed's range."""
+    for name in ("lr", "contrast"):
+        _finite(name, getattr(s, name), lo=0.0, strict=True)
+    if s.norm is not None:
+        _finite("norm", s.norm, lo=0.0, strict=True)
+    _integer("max_iter", s.max_iter, 1)
+    _integer("patience", s.patience, 0)
+    _integer("seed", s.seed, 0, 2**63 - 1)
+    if not (isinstance(s.ema, (int, float)) and 0.0 <= s.ema < 1.0):
+        raise DiversevisError(f"ema must be in [0, 1), got {s.ema!r}")
+
+
+def _finite(name: str, value: Any, *, lo: float, strict: bool) -> None:
+    """``value`` must be a finite real number above ``lo`` (``>= lo`` unless ``strict``)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= lo if strict else value < lo):
+        rule = f"> {lo:g}" if strict else f">= {lo:g}"
+        raise DiversevisError(f"{name} must be a finite number {rule}, got {value!r}")
+
+
+def _integer(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    """``value`` must be an integer (any :class:`numbers.Integral`, not bool) in ``[lo, hi]``."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        rule = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise DiversevisError(f"{name} must be an integer {rule}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +74,7 @@ class MEISettings(Settings):
     def check(self) -> None:
         if self.restarts < 1:
             raise DiversevisError(f"restarts must be >= 1, got {self.restarts}")
+        _check_common(self)
 
     def spec(self) -> dict[str, Any]:
         """The run-spec entries of these settings."""
@@ -92,6 +124,11 @@ class DiverseSettings(Settings):
         if self.prior_weight < 0:
             raise DiversevisError(f"prior_weight (beta) must be >= 0, got {self.prior_weight}")
         _check_crop(self.crop)
+        _finite("diversity", self.diversity, lo=0.0, strict=False)
+        _finite("prior_weight", self.prior_weight, lo=0.0, strict=False)
+        _finite("tau", self.tau, lo=0.0, strict=True)
+        _integer("mei_restarts", self.mei_restarts, 1)
+        _check_common(self)
 
     def mei_settings(self, norm: float | None = None) -> MEISettings:
         """The settings of the MEI this set is compared with (same contrast, loop and seed)."""
@@ -142,6 +179,8 @@ class ShiftSettings(Settings):
             raise DiversevisError(f"weight_min must be in [0, 1], got {self.weight_min}")
         if not isinstance(self.stride, int) or self.stride < 1:
             raise DiversevisError(f"stride must be an int >= 1, got {self.stride!r}")
+        _integer("mei_restarts", self.mei_restarts, 1)
+        _check_common(self)
 
     def mei_settings(self, norm: float | None = None) -> MEISettings:
         """The MEI the crops are compared with (its own default loop, this test's restarts and seed)."""
