@@ -28,13 +28,13 @@ def cache_dir() -> Path:
 
 def output_dir(path: str | os.PathLike) -> Path:
     """Create (if needed) and return an output directory; a clear user error if that is impossible."""
-    from diversevis.core.errors import DiversevisError
+    from diversevis.core.errors import EnvironmentProblem
 
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DiversevisError(f"cannot create output directory {str(out)!r}: {e.strerror}") from e
+        raise EnvironmentProblem(f"cannot create output directory {str(out)!r}: {e.strerror}") from e
     return out
 
 
