@@ -100,6 +100,24 @@ class LayerInfo:
     stride: int | None
 
 
+def _check_finite_weights(module: nn.Module) -> None:
+    """Refuse a model with a NaN or infinite parameter or floating buffer (e.g. BatchNorm statistics).
+
+    Raises
+    ------
+    DiversevisError
+        Naming the first offending tensor.
+    """
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    for name, t in tensors:
+        if t.is_floating_point() and not t.is_meta and t.numel() and not bool(torch.isfinite(t).all()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+            raise DiversevisError(
+                f"the model's {name!r} holds {kind} values: check the checkpoint (a diverged training "
+                "run or a corrupt file); no image can be optimised through non-finite weights"
+            )
+
+
 class Network(nn.Module):
     """A model wrapped for visualisation.
 
@@ -152,6 +170,7 @@ class Network(nn.Module):
             raise DiversevisError(
                 "TorchScript modules cannot be hooked layer by layer; pass the original Python nn.Module"
             )
+        _check_finite_weights(module)
         self.module = module
         self.channels_last = False
         mean = [0.0] * in_channels if mean is None else list(mean)

@@ -7,6 +7,11 @@ the *best* iterate (lowest loss seen), not the last one.
 
 All bookkeeping (loss history, EMA, best images) stays on the device; the host synchronises only every
 ``check_every`` steps (1 on CPU, where it is free; 25 on GPUs).
+
+Each step also checks, on the device, that the images, the losses of the groups still running and the
+gradients are finite; the first non-finite one stops the run at the next host check with a
+:class:`NonFiniteError` naming the quantity, the iteration and the likely cause. The loss history grows
+in chunks with the run instead of being allocated for ``max_iter`` steps up front.
 """
 
 from __future__ import annotations
@@ -20,9 +25,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from diversevis.core.errors import DiversevisError
 from diversevis.core.precision import check_precision, precision_context
 
-__all__ = ["StepInfo", "OptimizeResult", "optimize"]
+__all__ = ["StepInfo", "OptimizeResult", "NonFiniteError", "optimize"]
+
+#: Rows of one chunk of the loss history.
+_HISTORY_CHUNK = 1024
+
+
+class NonFiniteError(DiversevisError):
+    """The images, a loss or the gradients became NaN or infinite during an optimisation."""
 
 
 @dataclass
@@ -132,6 +145,11 @@ def optimize(
     Returns
     -------
     OptimizeResult
+
+    Raises
+    ------
+    NonFiniteError
+        When the images, the loss or the gradients become NaN or infinite.
     """
     return optimize_groups(
         param,
@@ -191,9 +209,16 @@ def optimize_groups(
     -------
     list of OptimizeResult
         One per group (``seconds`` is the wall time of the whole batch).
+
+    Raises
+    ------
+    NonFiniteError
+        When the images or the loss of a group still running, or the gradients (while every loss is
+        finite), become NaN or infinite; the whole batch stops.
     """
     if max_iter < 1:
         raise ValueError("max_iter must be >= 1")
+    _check_lr(lr)
     check_precision(precision)
     params = [p for p in param.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
@@ -221,8 +246,10 @@ def optimize_groups(
             losses.sum().backward()
             lt = losses.detach()
             state.record(it, lt, images, idx, ema)
+            state.check_finite(it, lt, images, idx, params)
             opt.step()
             if (it + 1) % check_every == 0 or it == max_iter - 1:
+                state.raise_nonfinite(lr)
                 _show_progress(bar, it, lt, state.active)
                 if callbacks and _callbacks_stop(callbacks, it, lt, state.ema_t, images):
                     stopped_by_callback = True
@@ -236,6 +263,15 @@ def optimize_groups(
         if bar is not None:
             bar.close()
     return state.results(it, time.perf_counter() - t0, max_iter, stopped_by_callback)
+
+
+def _check_lr(lr: float) -> None:
+    """Refuse a learning rate whose first Adam step (``lr / (1 - beta1)``) would overflow float32."""
+    top = torch.finfo(torch.float32).max * (1 - 0.9)
+    if not 0 < lr <= top:
+        raise DiversevisError(
+            f"lr must be a number > 0 and <= {top:.3g} (Adam's first step, 10 x lr, must fit float32), got {lr:g}"
+        )
 
 
 def _progress_bar(max_iter: int, desc: str):
@@ -265,11 +301,14 @@ def _callbacks_stop(callbacks, it: int, lt: torch.Tensor, ema_t: torch.Tensor, i
 class _GroupState:
     """Per-group bookkeeping of :func:`optimize_groups`: loss history, best iterate, EMA early stopping.
 
-    Every tensor has one entry per group (``(max_iter, G)`` for the history); the batch may hold only
-    some groups (``idx``: their original indices), and only the active ones are updated.
+    Every tensor has one entry per group (the history is a list of ``(chunk, G)`` blocks, one more
+    each ``chunk`` steps); the batch may hold only some groups (``idx``: their original indices), and
+    only the active ones are updated. ``first_bad`` holds the first iteration at which the images, a
+    loss or the gradients were non-finite (``-1``: never) and ``bad_value`` that loss.
     """
 
-    history: torch.Tensor
+    history: list[torch.Tensor]
+    chunk: int
     ema_t: torch.Tensor
     ema_min: torch.Tensor
     bad: torch.Tensor
@@ -277,13 +316,16 @@ class _GroupState:
     best_step: torch.Tensor
     active: torch.Tensor
     n_iter: torch.Tensor
+    first_bad: torch.Tensor
+    bad_value: torch.Tensor
     best_images: torch.Tensor | None = None
 
     @classmethod
     def start(cls, G: int, max_iter: int, device: torch.device) -> _GroupState:
         """The state before the first step."""
         return cls(
-            history=torch.full((max_iter, G), math.nan, device=device),
+            history=[],
+            chunk=min(max_iter, _HISTORY_CHUNK),
             ema_t=torch.zeros(G, device=device),
             ema_min=torch.full((G,), math.inf, device=device),
             bad=torch.zeros(G, dtype=torch.long, device=device),
@@ -291,13 +333,17 @@ class _GroupState:
             best_step=torch.zeros(G, dtype=torch.long, device=device),
             active=torch.ones(G, dtype=torch.bool, device=device),
             n_iter=torch.full((G,), max_iter, dtype=torch.long, device=device),
+            first_bad=torch.full((3,), -1, dtype=torch.long, device=device),
+            bad_value=torch.zeros((), device=device),
         )
 
     @torch.no_grad()
     def record(self, it: int, lt: torch.Tensor, images: torch.Tensor, idx: torch.Tensor, ema: float) -> None:
         """Step ``it``'s losses ``lt`` ``(B,)`` of the groups ``idx``: history, best iterate, EMA, patience."""
         B = len(idx)
-        self.history[it, idx] = lt
+        if it % self.chunk == 0:
+            self.history.append(torch.full((self.chunk, len(self.active)), math.nan, device=lt.device))
+        self.history[it // self.chunk][it % self.chunk, idx] = lt
         grouped = images.detach().reshape(B, -1, *images.shape[1:])
         act = self.active[idx]
         better = (lt < self.best_loss[idx]) & act
@@ -319,6 +365,50 @@ class _GroupState:
         bad_b = self.bad[idx]
         self.bad[idx] = torch.where(act, torch.where(improved, torch.zeros_like(bad_b), bad_b + 1), bad_b)
 
+    @torch.no_grad()
+    def check_finite(
+        self, it: int, lt: torch.Tensor, images: torch.Tensor, idx: torch.Tensor, params: list[torch.Tensor]
+    ) -> None:
+        """Note (on the device) whether step ``it``'s images, active losses or gradients are non-finite.
+
+        The gradients are checked only while every loss in the batch is finite (a frozen group's
+        non-finite loss makes its own gradients non-finite without stopping the run).
+        """
+        B = len(idx)
+        act = self.active[idx]
+        loss_ok = torch.isfinite(lt)
+        img_ok = torch.isfinite(images.detach().reshape(B, -1)).all(dim=1)
+        grads = [p.grad for p in params if p.grad is not None]
+        grad_ok = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else loss_ok.all()
+        bad = torch.stack([(act & ~img_ok).any(), (act & ~loss_ok).any(), loss_ok.all() & ~grad_ok])
+        new = bad & (self.first_bad < 0)
+        self.first_bad.copy_(torch.where(new, torch.full_like(self.first_bad, it), self.first_bad))
+        first_loss = lt.gather(0, (act & ~loss_ok).long().argmax().view(1))[0]  # no host sync
+        self.bad_value.copy_(torch.where(new[1], first_loss, self.bad_value))
+
+    def raise_nonfinite(self, lr: float) -> None:
+        """Raise :class:`NonFiniteError` for the first non-finite quantity noted, if any (one sync)."""
+        first = self.first_bad.tolist()
+        if max(first) < 0:
+            return
+        at = min(i for i in first if i >= 0)
+        if first[0] == at:
+            raise NonFiniteError(
+                f"the images became non-finite (NaN or inf) at iteration {at}: the optimiser's steps "
+                f"blew up; check the learning rate (lr={lr:g}) and the image norm or contrast"
+            )
+        if first[1] == at:
+            raise NonFiniteError(
+                f"the loss became {float(self.bad_value)} at iteration {at}: the unit's activation or "
+                f"the loss overflowed or is NaN; check the model for NaN weights, an absurd contrast or "
+                f"image norm, diversity weight or learning rate (lr={lr:g})"
+            )
+        raise NonFiniteError(
+            f"the gradients became non-finite (NaN or inf) at iteration {at} while the loss was finite: "
+            f"check the model for NaN weights, an absurd contrast or image norm, or the learning rate "
+            f"(lr={lr:g})"
+        )
+
     def freeze_converged(self, it: int, patience: int) -> bool:
         """Freeze the active groups whose EMA loss has not improved for ``patience`` steps; any frozen?"""
         done = self.active & (self.bad > patience)
@@ -335,7 +425,7 @@ class _GroupState:
         n_iter = self.n_iter
         if stopped_by_callback:
             n_iter = torch.where(self.active, torch.full_like(n_iter, it + 1), n_iter)
-        hist = self.history[: it + 1].cpu().numpy()
+        hist = torch.cat(self.history)[: it + 1].cpu().numpy()
         out = []
         for g in range(len(n_iter)):
             n = int(n_iter[g])

@@ -2,6 +2,12 @@
 
 Shared by both backends of :func:`diversevis.study.sweep.sweep`: the local one calls :func:`_run_chunk`
 in this process, a Ray worker calls it in its own and sends the rows back to the driver.
+
+A unit whose optimisation goes non-finite (:class:`~diversevis.core.optimize.NonFiniteError`, e.g. a
+channel whose activation overflows) stops its whole batch; the chunk is then rerun unit by unit (a
+group's trajectory does not depend on the others in its batch), and each unit that fails alone is
+recorded with ``failed: <reason>`` in its metrics and spec and no files. Such a record counts as done:
+a resumed sweep skips it (rerunning would fail the same way; ``--force`` retries it).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from diversevis.core.network import Network
+from diversevis.core.optimize import NonFiniteError
 from diversevis.methods.dfv_units import run_diverse_units, run_mei_units
 from diversevis.study.store import unit_dir
 from diversevis.study.sweep_settings import SweepSettings
@@ -37,18 +44,38 @@ def _run_chunk(
     run: dict[str, Any],
     on_unit: Callable[[Row], None],
 ) -> None:
-    """Optimise one chunk, write each unit's folder, then hand its index row to ``on_unit``."""
+    """Optimise one chunk, write each unit's folder, then hand its index row to ``on_unit``.
+
+    A chunk that goes non-finite is rerun unit by unit; a unit that fails alone is handed over as
+    failed (module docstring).
+    """
     t0 = time.perf_counter()
-    meis = run_mei_units(net, layer, chunk, settings.mei_settings())
-    divs = [None] * len(chunk)
-    if "dfv" in settings.tests:
-        divs = run_diverse_units(net, layer, chunk, settings.diverse_settings(dl), mei=meis)
-    per_unit = (time.perf_counter() - t0) / len(chunk)
     where = {**run, "pid": os.getpid(), "host": socket.gethostname(), "chunk": list(chunk)}
+    try:
+        meis = run_mei_units(net, layer, chunk, settings.mei_settings())
+        divs = [None] * len(chunk)
+        if "dfv" in settings.tests:
+            divs = run_diverse_units(net, layer, chunk, settings.diverse_settings(dl), mei=meis)
+    except NonFiniteError as e:
+        if len(chunk) > 1:
+            for u in chunk:
+                _run_chunk(net, root, layer, name, [u], dl, settings, run=run, on_unit=on_unit)
+            return
+        on_unit((name, chunk[0], *_failed(e, where), time.perf_counter() - t0))
+        return
+    per_unit = (time.perf_counter() - t0) / len(chunk)
     for u, m, d in zip(chunk, meis, divs):
         t1 = time.perf_counter()
-        metrics, spec = _save_unit(net, unit_dir(root, name, u), layer, u, m, d, settings, where)
+        try:
+            metrics, spec = _save_unit(net, unit_dir(root, name, u), layer, u, m, d, settings, where)
+        except NonFiniteError as e:  # the phase or shift test of a unit whose MEI was finite
+            metrics, spec = _failed(e, where)
         on_unit((name, u, metrics, spec, per_unit + time.perf_counter() - t1))
+
+
+def _failed(error: Exception, where: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics and spec of a unit that failed with ``error``."""
+    return {"failed": str(error)}, {"failed": str(error), "sweep": where}
 
 
 def _save_unit(
