@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
+from diversevis.core.optimize import NonFiniteError
 from diversevis.core.params import image_hw
 from diversevis.core.result import Result
 from diversevis.methods.dfv import Problem, _common_spec, _prepare, run_mei
@@ -274,7 +275,7 @@ def _check_finite(prob: Problem, what: str, values: np.ndarray) -> None:
     """Raise naming the cause when the network's responses to gratings are not finite numbers."""
     bad = ~np.isfinite(np.asarray(values, dtype=np.float64))
     if bad.any():
-        raise DiversevisError(
+        raise NonFiniteError(
             f"the network returned non-finite responses ({int(bad.sum())} of {bad.size} {what} are nan or "
             f"inf) to gratings of L2 norm {prob.norm:.4g}: check the model for nan/inf weights or "
             "activations, or lower the contrast; F1/F0 would be nan"
