@@ -338,6 +338,35 @@ class Network(nn.Module):
         cast = self.dtype != torch.float32  # a float64 / half / bf16 model gives float32 activations
         return {layer: captured[p].float() if cast else captured[p] for layer, p in zip(layers, paths)}
 
+    @cached_property
+    def _completion_order(self) -> dict[str, int]:
+        """Module path -> when it finished in a forward pass (a container finishes after its children)."""
+        order: dict[str, int] = {}
+
+        def done(name: str):
+            def hook(mod, inputs, output) -> None:  # returns None: the output is left alone
+                order.setdefault(name, len(order))
+
+            return hook
+
+        hooks = [m.register_forward_hook(done(name)) for name, m in self._modules_by_name.items()]
+        try:
+            x = torch.full((1, self.in_channels, *self.input_hw), 0.5, device=self.device)
+            with torch.no_grad():
+                self(x)
+        except (RuntimeError, DiversevisError):
+            pass  # an input the model refuses: no order known
+        finally:
+            for h in hooks:
+                h.remove()
+        return order
+
+    def runs_after(self, layer: str, other: str) -> bool:
+        """Whether ``layer``'s output is computed after ``other``'s in a forward pass (``False`` if unknown)."""
+        order = self._completion_order
+        a, b = self.resolve(layer), self.resolve(other)
+        return a in order and b in order and order[a] > order[b]
+
     def pre_activation(self, layer: str) -> str | None:
         """The layer just before the rectifier that produces ``layer``'s output, if it ends in one.
 

@@ -67,6 +67,11 @@ class Problem:
             distance_layer = None
         if distance_layer is not None:
             net.resolve(distance_layer)
+            if net.runs_after(distance_layer, layer):
+                raise DiversevisError(
+                    f"distance layer {distance_layer!r} comes after the target layer {layer!r} in the forward "
+                    "pass; diversity is measured in a lower layer (the paper: the previous block's last conv)"
+                )
         channels = net.channels(layer)
         target = Target(layer, unit, direction, metric).check(channels)
         placement = target_placement(net, layer)
@@ -119,6 +124,8 @@ class Problem:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Target values ``(N,)`` and distance-space features ``(N, K, h, w)`` (or ``None``)."""
         a, feats = self.read(images, need_features)
+        if self.target.unit is not None and self.target.metric == "max":
+            return a[:, self.target.unit], feats  # = a @ one-hot, but an inf in another channel stays there
         return target_value(a, self.direction, self.target.metric), feats
 
     def read(
