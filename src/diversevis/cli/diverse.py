@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from diversevis.cli.common import (
     add_crop_arg,
@@ -20,7 +21,11 @@ from diversevis.cli.common import (
     settings_from_args,
 )
 from diversevis.core.errors import DiversevisError
+from diversevis.core.optimize import Interrupted
 from diversevis.methods.settings import DiverseSettings, MEISettings
+
+#: Exit status after Ctrl-C (as :data:`diversevis.cli.EXIT_INTERRUPTED`).
+EXIT_INTERRUPTED = 130
 
 __all__ = ["COMMANDS", "add_diverse_parser", "add_mei_parser", "run"]
 
@@ -98,10 +103,21 @@ def run(args: argparse.Namespace) -> int:
             raise DiversevisError(
                 "--images must be >= 2 for a diverse set (use `diversevis mei` for one image)"
             )
-        settings = settings_from_args(DiverseSettings, args)
-        res = dfv.run_diverse(net, *target, settings, mei=not args.no_mei, progress=not args.quiet)
-    else:
-        res = dfv.run_mei(net, *target, settings_from_args(MEISettings, args), progress=not args.quiet)
+    try:
+        if args.command == "diverse":
+            settings = settings_from_args(DiverseSettings, args)
+            res = dfv.run_diverse(net, *target, settings, mei=not args.no_mei, progress=not args.quiet)
+        else:
+            res = dfv.run_mei(net, *target, settings_from_args(MEISettings, args), progress=not args.quiet)
+    except Interrupted as stop:  # Ctrl-C: keep the best iterate found so far
+        if stop.result is None:
+            raise
+        out = stop.result.save(out_dir(args, net))
+        _print_summary(stop.result, args.command, out)
+        print(
+            "diversevis: interrupted: the partial result above is saved (spec: interrupted)", file=sys.stderr
+        )
+        return EXIT_INTERRUPTED
     out = res.save(out_dir(args, net))
     _print_summary(res, args.command, out)
     return 0

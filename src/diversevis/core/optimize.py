@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 from diversevis.core.errors import DiversevisError
 from diversevis.core.precision import check_precision, precision_context
 
-__all__ = ["StepInfo", "OptimizeResult", "NonFiniteError", "optimize"]
+__all__ = ["StepInfo", "OptimizeResult", "NonFiniteError", "Interrupted", "optimize"]
 
 #: Rows of one chunk of the loss history.
 _HISTORY_CHUNK = 1024
@@ -36,6 +37,21 @@ _HISTORY_CHUNK = 1024
 
 class NonFiniteError(DiversevisError):
     """The images, a loss or the gradients became NaN or infinite during an optimisation."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during an optimisation, carrying what was found so far.
+
+    ``results`` are the runs' :class:`OptimizeResult` up to the last completed step (best iterates
+    included); a method that catches it builds its partial ``result`` (marked ``interrupted`` in its
+    spec) and raises it again, so that the CLI can save it before exiting 130. Code that does not
+    catch it sees an ordinary :class:`KeyboardInterrupt`.
+    """
+
+    def __init__(self, results: list | None = None, result: Any = None) -> None:
+        super().__init__("interrupted")
+        self.results = results
+        self.result = result
 
 
 @dataclass
@@ -235,8 +251,8 @@ def optimize_groups(
     idx = torch.arange(G, device=device)  # original indices of the groups in the batch
     bar = _progress_bar(max_iter, desc) if progress else None
     t0 = time.perf_counter()
-    stopped_by_callback = False
-    it = 0
+    stopped_by_callback = interrupted = False
+    it = last = -1
     try:
         for it in range(max_iter):
             images = param()
@@ -246,6 +262,7 @@ def optimize_groups(
             losses.sum().backward()
             lt = losses.detach()
             state.record(it, lt, images, idx, ema)
+            last = it
             state.check_finite(it, lt, images, idx, params)
             opt.step()
             if (it + 1) % check_every == 0 or it == max_iter - 1:
@@ -259,10 +276,19 @@ def optimize_groups(
                         break
                     if compact:
                         idx = _drop_frozen(param, opt, idx, state.active[idx])
+    except KeyboardInterrupt:
+        if last < 0:  # not one step done: nothing to keep
+            raise
+        interrupted = True
     finally:
         if bar is not None:
             bar.close()
-    return state.results(it, time.perf_counter() - t0, max_iter, stopped_by_callback)
+    results = state.results(
+        last if interrupted else it, time.perf_counter() - t0, max_iter, stopped_by_callback or interrupted
+    )
+    if interrupted:
+        raise Interrupted(results)
+    return results
 
 
 def _check_lr(lr: float) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from diversevis.core.network import Network
 from diversevis.core.objectives import diversity_value
-from diversevis.core.optimize import StepInfo, optimize
+from diversevis.core.optimize import Interrupted, StepInfo, optimize
 from diversevis.core.params import PixelImage
 from diversevis.core.result import Result
 from diversevis.core.spec import versions  # noqa: F401 (imported from here by older code)
@@ -123,7 +123,7 @@ def run_mei(
         return prob.evaluate(x, need_features=False)[0]
 
     context, redraws, redirected = alive_starts(param, values, s.seed, s.restarts, net.module)
-    with context:
+    with context, _partial() as stop:
         opt = optimize(
             param,
             lambda x: -values(x).mean(),
@@ -132,13 +132,14 @@ def run_mei(
             desc=f"MEI {net.display_name(layer)}:{unit}",
             callbacks=callbacks,
         )
+    opt = stop.opt or opt
     with torch.no_grad():
         acts = values(opt.images)
-    res = _mei_result(prob, opt, acts, s.spec(), **starts_spec(redraws, redirected))
+    res = _mei_result(prob, opt, acts, s.spec(), **starts_spec(redraws, redirected), **stop.spec)
     if not res.mei_activation > 0:
         res.spec["dead_unit"] = dead_unit_message(net, layer, unit)
         warnings.warn(res.spec["dead_unit"], RuntimeWarning, stacklevel=3)
-    return res
+    return stop.finish(res)
 
 
 def diverse(
@@ -301,7 +302,7 @@ def run_diverse(
     label = f"diverse {net.display_name(layer)}:{unit if unit is not None else 'dir'}"
     values = lambda x: prob.evaluate(x, need_features=False)[0]  # noqa: E731
     context, redraws, redirected = alive_starts(param, values, s.seed, s.n_images, net.module)
-    with context:
+    with context, _partial() as stop:
         opt = optimize(
             param,
             loss_fn,
@@ -310,14 +311,43 @@ def run_diverse(
             desc=label,
             callbacks=callbacks,
         )
+    opt = stop.opt or opt
     with torch.no_grad():
         acts, feats = prob.evaluate(opt.images)
     spec = {**s.spec(mei_computed=mei is True), **starts_spec(redraws, redirected), **dead_images(acts)}
+    spec.update(stop.spec)
     if mei_res is not None and mei_res.spec.get("dead_unit"):
         spec["dead_unit"] = mei_res.spec["dead_unit"]
     if prior_model is not None:
         spec.update(_prior_spec(prior, prior_model, opt.images, s.prior_weight))
-    return _diverse_result(prob, opt, acts, feats, mei_res, mei_act, spec)
+    return stop.finish(_diverse_result(prob, opt, acts, feats, mei_res, mei_act, spec))
+
+
+class _partial:
+    """Context: Ctrl-C in the optimisation keeps the best iterate so far.
+
+    On :class:`~diversevis.core.optimize.Interrupted` the block ends with ``opt`` = the partial run and
+    ``spec`` = ``{"interrupted": True}``; :meth:`finish` then raises ``Interrupted(result=...)`` with
+    the result built from it, for the caller (the CLI saves it and exits 130).
+    """
+
+    def __init__(self) -> None:
+        self.opt = None
+        self.spec: dict[str, Any] = {}
+
+    def __enter__(self) -> _partial:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, Interrupted) and exc.results:
+            self.opt, self.spec = exc.results[0], {"interrupted": True}
+            return True
+        return False
+
+    def finish(self, result: Result) -> Result:
+        if self.spec.get("interrupted"):
+            raise Interrupted(result=result)
+        return result
 
 
 def _diverse_loss(prob: Problem, s: DiverseSettings, prior_model) -> Callable[[torch.Tensor], torch.Tensor]:
