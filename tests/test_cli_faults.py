@@ -125,3 +125,25 @@ def test_a_pickled_direction_file_is_refused(tmp_path, capsys):
     argv = ["mei", "--model", "cell:simple", "--layer", "response", "--direction", str(f), "--quiet"]
     rc, err = run(capsys, argv)
     assert rc == EXIT_USAGE and len(err) == 1 and "not a plain numeric .npy array" in err[0]
+
+
+def test_a_corrupt_index_row_is_reported_with_the_unit_and_repaired(tmp_path, capsys):
+    import sqlite3
+
+    argv = ["sweep", "--model", "cell:simple", "--layers", "response", "--units", "0", "--max-iter", "3",
+            "--mei-restarts", "1", "--tests", "dfv", "--quiet", "--out", str(tmp_path / "s")]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    with sqlite3.connect(tmp_path / "s" / "index.sqlite") as db:
+        db.execute("UPDATE units SET metrics = '{not json' WHERE unit = 0")
+    for command in (argv, ["report", str(tmp_path / "s")]):
+        rc, err = run(capsys, command)
+        assert (
+            rc == EXIT_USAGE
+            and len(err) == 1
+            and "response unit 0 is corrupt" in err[0]
+            and "--repair" in err[0]
+        )
+    rc, err = run(capsys, [*argv, "--repair"])
+    assert rc == 0, err
+    assert main(["report", str(tmp_path / "s")]) == 0

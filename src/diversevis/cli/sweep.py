@@ -62,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_precision_arg(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--force", action="store_true", help="recompute units that are already done")
+    p.add_argument(
+        "--repair", action="store_true", help="recompute units whose records in the index are corrupt"
+    )
     p.add_argument("--out", "-o", required=True, help="results directory (created, or resumed)")
     _add_backend_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -121,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         **settings.as_dict(),
         batch_units=args.batch_units,
         force=args.force,
+        repair=args.repair,
         progress=not args.quiet,
         backend=args.backend,
         workers=args.workers,

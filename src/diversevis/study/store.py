@@ -117,7 +117,14 @@ class Store:
     def get_meta(self, key: str) -> Any:
         """A stored setting (JSON-decoded), or ``None``."""
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except (TypeError, ValueError) as e:
+            raise DiversevisError(
+                f"{str(self.root)!r}: the stored {key!r} is corrupt ({e}); start the sweep in a new --out"
+            ) from None
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a setting (JSON-encoded)."""
@@ -188,19 +195,36 @@ class Store:
             args = (layer,)
         out = []
         for r in self._db.execute(q + " ORDER BY layer, unit", args):
+            metrics, spec = _decoded(r[3]), _decoded(r[4])
+            if metrics is _CORRUPT or spec is _CORRUPT:
+                raise DiversevisError(
+                    f"{str(self.root)!r}: the index row of {r[0]} unit {r[1]} is corrupt (not valid JSON); "
+                    "rerun the sweep with --repair to recompute such units"
+                )
             out.append(
                 {
                     "layer": r[0],
                     "unit": r[1],
                     "status": r[2],
-                    "metrics": json.loads(r[3]),
-                    "spec": json.loads(r[4]),
+                    "metrics": metrics,
+                    "spec": spec,
                     "path": r[5],
                     "seconds": r[6],
                     "finished": r[7],
                 }
             )
         return out
+
+    def repair(self) -> list[tuple[str, int]]:
+        """Forget the units whose index rows do not decode (so a sweep recomputes them); returns them."""
+        bad = [
+            (layer, int(unit))
+            for layer, unit, metrics, spec in self._db.execute("SELECT layer, unit, metrics, spec FROM units")
+            if _decoded(metrics) is _CORRUPT or _decoded(spec) is _CORRUPT
+        ]
+        for layer, unit in bad:
+            self.forget(layer, [unit])
+        return bad
 
     def layers(self) -> list[str]:
         """Layers with at least one recorded unit."""
@@ -223,3 +247,14 @@ class Store:
                 yield
         except sqlite3.DatabaseError as e:
             raise DiversevisError(f"results index {str(self.root / INDEX_NAME)!r}: {e}") from e
+
+
+_CORRUPT = object()
+
+
+def _decoded(text: Any) -> Any:
+    """JSON-decoded ``text``, or :data:`_CORRUPT` when it is not valid JSON."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return _CORRUPT

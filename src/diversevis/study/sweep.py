@@ -115,6 +115,7 @@ def sweep(
     ray_address: str | None = None,
     worker_threads: int = 1,
     precision: str = SweepSettings.precision,
+    repair: bool = False,
 ) -> Store:
     """Characterise many units of several layers; results go to a resumable :class:`Store`.
 
@@ -137,6 +138,8 @@ def sweep(
         Units optimised together in one batch (one chunk; with ``backend="ray"``, one Ray task).
     force : bool
         Recompute units that are already recorded.
+    repair : bool
+        Forget (and so recompute) units whose index rows are corrupt (:meth:`Store.repair`).
     backend : {"local", "ray"}
         Where the chunks run (see the module docstring): this process, or Ray workers.
     workers : int, optional
@@ -161,6 +164,8 @@ def sweep(
         parse_units(units, net.channels(layer), seed)
     settings = SweepSettings.from_arguments({**locals(), "tests": tuple(tests)})
     store = _open_store(out, settings.stored(net.spec or net.name, getattr(net, "load_args", None)), force)
+    if repair:
+        store.repair()
     tasks = _plan(
         net,
         store,
