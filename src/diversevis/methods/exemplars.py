@@ -42,11 +42,12 @@ import torch
 from torch import nn
 
 from diversevis.core.errors import DiversevisError
-from diversevis.core.network import Network, as_network
+from diversevis.core.network import Network
 from diversevis.core.objectives import pairwise_rms_matrix
 from diversevis.core.result import Result
 from diversevis.images.naturals import DEFAULT_SCALES, _resolve_folder, _sample_locations, dataset_mean
 from diversevis.methods.dfv import Problem, _common_spec
+from diversevis.methods.problem import _prepare
 
 __all__ = ["ExemplarSet", "greedy_max_min", "top_patches", "diverse_exemplars"]
 
@@ -349,9 +350,7 @@ def top_patches(
         folder, or a receptive field larger than every natural image.
     """
     t0 = time.perf_counter()
-    net = as_network(model)
-    if device is not None:
-        net.to(device)
+    net = _prepare(model, device)
     if net.in_channels != 3:
         raise DiversevisError(
             f"natural exemplars need an RGB network (3 input channels), {net.name} takes {net.in_channels}"

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from diversevis.core.errors import DiversevisError
-from diversevis.core.network import Network, as_network
+from diversevis.core.network import Network
 from diversevis.core.objectives import pairwise_rms_matrix
 from diversevis.core.optimize import OptimizeResult, StepInfo, optimize
 from diversevis.core.params import CONSTRAINTS, DecorrelatedImage
@@ -45,6 +45,7 @@ from diversevis.core.transforms import RandomTransforms
 from diversevis.images.color import natural_color_matrix
 from diversevis.methods.classic.inversion import tv_norm
 from diversevis.methods.dfv import versions
+from diversevis.methods.problem import _prepare
 
 __all__ = [
     "actmax",
@@ -368,9 +369,7 @@ def run_actmax(
     callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
 ) -> Result:
     """:func:`actmax` with its settings given as one :class:`ActmaxSettings` (as the CLI calls it)."""
-    net = as_network(model)
-    if device is not None:
-        net.to(device)
+    net = _prepare(model, device)
     unit = _check_target(net, layer, unit, s.size, s.objective)
     channels = net.in_channels
     decorrelate = s.decorrelate

@@ -59,6 +59,7 @@ from diversevis.methods.classic.deconvnet_trace import (
     trace_chain,
 )
 from diversevis.methods.dfv import versions
+from diversevis.methods.problem import _prepare
 
 __all__ = [
     "SUPPORTED_MODULES",
@@ -306,9 +307,7 @@ def deconvnet(
         Unknown layer or photo, unit or position out of range, unsupported modules up to ``layer``.
     """
     t0 = time.perf_counter()
-    net = as_network(model)
-    if device is not None:
-        net.to(device)
+    net = _prepare(model, device)
     x, source = _prepare_images(net, image, size)
     position = _check_position(position)
     proj, pos, acts = project(net, layer, unit, x, position)
@@ -385,9 +384,7 @@ def deconv_top_patches(
     from diversevis.methods.exemplars import top_patches
 
     t0 = time.perf_counter()
-    net = as_network(model)
-    if device is not None:
-        net.to(device)
+    net = _prepare(model, device)
     top = top_patches(
         net, layer, unit, k=k, candidates=candidates, match_contrast=match_contrast, images=images, seed=seed
     )

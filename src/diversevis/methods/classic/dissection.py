@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from diversevis.core.errors import DiversevisError
-from diversevis.core.network import Network, as_network
+from diversevis.core.network import Network
 from diversevis.methods.classic.concepts import ConceptDataset, Sample
 from diversevis.methods.classic.dissection_result import DissectionResult
 from diversevis.methods.classic.dissection_stats import (
@@ -66,6 +66,7 @@ from diversevis.methods.classic.dissection_stats import (
     upsample,
 )
 from diversevis.methods.dfv import versions
+from diversevis.methods.problem import _prepare
 
 __all__ = [
     "QUANTILE_METHODS",
@@ -331,9 +332,7 @@ def dissect(
         On a bad layer, units, quantile, method or dataset (missing ``index.csv``, unknown category ...).
     """
     t0 = time.perf_counter()
-    net = as_network(model)
-    if device is not None:
-        net.to(device)
+    net = _prepare(model, device)
     q = _check_arguments(quantile, quantile_method, iou_threshold, batch, bins, memory)
     dataset = _open_dataset(dataset, size, images, categories, max_images)
     n_images = _images_used(net, dataset, max_images)

@@ -30,12 +30,13 @@ from torch import nn
 
 from diversevis.core.cache import atomic_write_bytes
 from diversevis.core.errors import DiversevisError
-from diversevis.core.network import Network, as_network
+from diversevis.core.network import Network
 from diversevis.core.optimize import OptimizeResult, StepInfo, optimize
 from diversevis.core.params import precondition as _precondition
 from diversevis.core.result import Result, image_grid
 from diversevis.core.settings import Settings
 from diversevis.images.photos import load_photo, photo_names, square_resize
+from diversevis.methods.problem import _prepare
 
 __all__ = [
     "alpha_norm",
@@ -358,9 +359,7 @@ def run_invert(
     callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
 ) -> InversionResult:
     """:func:`invert` with its settings given as one :class:`InversionSettings` (as the CLI calls it)."""
-    net = as_network(model)
-    if device is not None:
-        net.to(device)
+    net = _prepare(model, device)
     net.resolve(layer)
     target, phi0 = _target_features(net, layer, image, s.size)
     h, w = target.shape[-2:]

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diversevis.core.errors import DiversevisError
-from diversevis.core.network import Network, as_network
+from diversevis.core.network import Network
 from diversevis.core.optimize import OptimizeResult, optimize_groups
 from diversevis.methods.classic._checks import _check_int
 from diversevis.methods.classic.multifaceted_facets import (
@@ -74,6 +74,7 @@ from diversevis.methods.classic.multifaceted_facets import (
 from diversevis.methods.classic.multifaceted_result import MultifacetedResult
 from diversevis.methods.classic.multifaceted_settings import MultifacetedSettings
 from diversevis.methods.dfv import versions
+from diversevis.methods.problem import _prepare
 
 __all__ = [
     "POOLS",
@@ -187,9 +188,7 @@ class _SigmoidImage(nn.Module):
 
 def _rgb_network(model: Network | nn.Module | str, device: str | torch.device | None) -> Network:
     """The network, moved to ``device``; refused unless it takes RGB images."""
-    net = as_network(model)
-    if device is not None:
-        net.to(device)
+    net = _prepare(model, device)
     if net.in_channels != 3:
         raise DiversevisError(
             f"multifaceted visualization needs an RGB network, {net.name} takes {net.in_channels}"

@@ -44,10 +44,11 @@ from torch import nn
 
 from diversevis.core.cache import atomic_write_bytes, atomic_write_json, output_dir
 from diversevis.core.errors import DiversevisError
-from diversevis.core.network import Network, as_network
+from diversevis.core.network import Network
 from diversevis.images.photos import load_photo
 from diversevis.methods.classic._checks import _check_int
 from diversevis.methods.dfv import versions
+from diversevis.methods.problem import _prepare
 
 __all__ = [
     "READOUTS",
@@ -468,9 +469,7 @@ def occlusion(
         occluder larger than the image, bad fill, size, stride or batch size.
     """
     t0 = time.perf_counter()
-    net = as_network(model)
-    if device is not None:
-        net.to(device)
+    net = _prepare(model, device)
     img, source = _load_image(net, image, image_size)
     batch_size = _check_int("batch_size", batch_size)
     h, w = img.shape[-2:]
