@@ -50,26 +50,28 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
     parameter's ``requires_grad`` are what they were on entry. Autograd graphs built inside keep
     treating the weights as constants after the block, so a backward pass later is fine.
     """
+    # Only what is not already in the wanted state is switched (and switched back): a frozen eval-mode
+    # model costs one scan. ``training``/``inplace`` are plain attributes, set through ``__dict__`` to skip
+    # ``nn.Module.__setattr__`` (this runs on every forward pass).
     modules = list(module.modules())
-    training = [m.training for m in modules]
-    inplace = [(m, m.inplace) for m in modules if isinstance(getattr(m, "inplace", None), bool)]
-    params = list(module.parameters())
-    grads = [p.requires_grad for p in params]
+    training = [m for m in modules if m.training]
+    inplace = [m for m in modules if getattr(m, "inplace", None) is True]
+    params = [p for p in module.parameters() if p.requires_grad]
     try:
-        for m in modules:
-            m.training = False
-        for m, _ in inplace:
-            m.inplace = False
+        for m in training:
+            m.__dict__["training"] = False
+        for m in inplace:
+            m.__dict__["inplace"] = False
         for p in params:
             p.requires_grad_(False)
         yield module
     finally:
-        for m, flag in zip(modules, training):
-            m.training = flag
-        for m, flag in inplace:
-            m.inplace = flag
-        for p, flag in zip(params, grads):
-            p.requires_grad_(flag)
+        for m in training:
+            m.__dict__["training"] = True
+        for m in inplace:
+            m.__dict__["inplace"] = True
+        for p in params:
+            p.requires_grad_(True)
 
 
 @dataclass(frozen=True)
