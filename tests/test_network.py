@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from diversevis import DiversevisError, LayerNotFoundError, Network, as_network
+from diversevis.core.errors import EnvironmentProblem
 from diversevis.models.vgg16_onnx import build_vgg_features
 from diversevis.models.zoo import VGGFeatures, vgg_aliases
 
@@ -151,6 +152,22 @@ def test_hooks_are_removed_when_the_input_is_too_small():
     net = small_vgg()
     assert net.output_shape("conv3_1", 8) == ()  # the conv raises inside the forward
     assert all_hooks(net) == []
+
+
+def test_a_layer_without_output_names_the_models_own_reason():
+    net = Network(small_vgg().module, aliases=vgg_aliases(SMALL_CFG), input_size=8)
+    with pytest.raises(DiversevisError, match=r"no output for a 3-channel 8px input \(the model raised: .*size"):
+        net.channels("conv3_1")
+
+
+def test_running_out_of_memory_is_an_environment_problem_not_a_too_small_input():
+    class Oom(nn.Module):
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20 GiB")
+
+    net = Network(nn.Sequential(nn.Conv2d(3, 2, 3), Oom()))
+    with pytest.raises(EnvironmentProblem, match="out of memory.*smaller"):
+        net.output_shape("1", 16)
 
 
 def test_inplace_relus_are_off_during_a_forward_only_and_captures_are_pre_relu():

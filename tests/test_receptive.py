@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from diversevis.core.errors import DiversevisError
 from diversevis import Network
 from diversevis.core.receptive import (
     Placement,
@@ -132,7 +133,7 @@ def test_probe_gives_the_receptive_field_of_a_residual_block():
 
 
 def test_probe_rejects_outputs_without_a_spatial_map():
-    with pytest.raises(ValueError, match=r"\(B, K, h, w\)"):
+    with pytest.raises(DiversevisError, match=r"\(B, K, h, w\).*whole input"):
         probe_receptive_field(lambda z: z.flatten(1), 1, size=8)
 
 
@@ -219,7 +220,7 @@ def test_place_image_grows_the_canvas_until_the_unit_exists():
 
 
 def test_place_image_fails_when_no_unit_exists():
-    with pytest.raises(ValueError, match="could not place"):
+    with pytest.raises(DiversevisError, match="could not place.*input_size"):
         place_image(ReceptiveField(size=3, stride=1, start=1.0), lambda s: 0)
 
 

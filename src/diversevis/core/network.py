@@ -23,7 +23,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from diversevis.core.errors import DiversevisError, LayerNotFoundError, did_you_mean
+from diversevis.core.errors import DiversevisError, EnvironmentProblem, LayerNotFoundError, did_you_mean
 from diversevis.core.receptive import (
     Placement,
     ReceptiveField,
@@ -416,8 +416,13 @@ class Network(nn.Module):
                 with torch.no_grad():
                     out = self.activations(x, [layer])[layer]
                 shape = tuple(out.shape[1:])
+            except torch.OutOfMemoryError as exc:  # the machine, not the input size
+                raise EnvironmentProblem(
+                    f"out of memory running {self.name} on a {hw[0]}x{hw[1]}px input on {self.device}: "
+                    "free memory or use a smaller --input-size / --device cpu"
+                ) from exc
             except RuntimeError as exc:  # input too small for this layer, or the model refuses the input
-                shape = ()
+                shape = ()  # the model's reason is kept and named when a caller needs the output
                 self._out_size_errors[key] = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             self._out_size_cache[key] = shape
         return self._out_size_cache[key]

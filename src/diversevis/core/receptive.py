@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from diversevis.core.errors import DiversevisError
+
 __all__ = [
     "ReceptiveField",
     "Placement",
@@ -249,7 +251,10 @@ def probe_receptive_field(
         x = torch.randn(samples, in_channels, s, s, generator=gen).to(device).requires_grad_(True)
         y = forward(x)
         if y.dim() != 4:
-            raise ValueError(f"probe needs a (B, K, h, w) output, got shape {tuple(y.shape)}")
+            raise DiversevisError(
+                f"a receptive field needs a spatial (B, K, h, w) output, got shape {tuple(y.shape)}: a layer "
+                "without a spatial map (a readout, a logit) is optimised on the whole input instead"
+            )
         h, w = y.shape[-2:]
         i, j = (h - 1) // 2, (w - 1) // 2
         # Two adjacent units give the stride; weight channels randomly to avoid cancellations.
@@ -261,7 +266,10 @@ def probe_receptive_field(
             rows = torch.nonzero(mask.any(dim=1)).flatten()
             cols = torch.nonzero(mask.any(dim=0)).flatten()
             if rows.numel() == 0:
-                raise ValueError("the probed unit has zero gradient for every probe input")
+                raise DiversevisError(
+                    "the probed unit has zero gradient for every random probe input (a dead unit or a layer "
+                    "cut off from the input); its receptive field cannot be measured"
+                )
             boxes.append((int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])))
         r0, r1, c0, c1 = boxes[0]
         # grow while either box is clipped by the border: the neighbour's box gives the stride
@@ -307,12 +315,18 @@ def place_image(rf: ReceptiveField, out_size: Callable[[int], int]) -> Placement
             if out_size(s) > i:
                 return Placement(image_size=r, canvas_size=s, offset=a, unit_index=i, misalignment=mis)
             s += 1
-    raise ValueError(f"could not place a {r}px image under any unit of this layer (rf={rf})")
+    raise DiversevisError(
+        f"could not place a {r}px image under any unit of this layer (rf={rf}): the layer gives no unit "
+        "for canvases up to 64 strides wide; check the layer (it may not be spatial) or pass input_size"
+    )
 
 
 def positions_inside(rf: ReceptiveField, lo: float, hi: float, n: int) -> slice:
     """Indices ``i < n`` whose RF centre lies in the pixel interval ``[lo, hi)`` (a contiguous slice)."""
     idx = [i for i in range(n) if lo <= rf.center(i) < hi]
     if not idx:
-        raise ValueError(f"no unit centre of this layer (rf={rf}) lies in the pixel interval [{lo}, {hi})")
+        raise DiversevisError(
+            f"no unit centre of this layer (rf={rf}) lies in the pixel interval [{lo}, {hi}): the image is "
+            "smaller than the layer's stride; use a shallower distance layer or a larger image"
+        )
     return slice(idx[0], idx[-1] + 1)
