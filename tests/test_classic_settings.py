@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from diversevis.cli import build_parser
@@ -26,7 +28,7 @@ CASES = [
         actmax,
         ActmaxSettings,
         {"scale": (1.2, 1.1)},
-        "need rotate >= 0 and 0 < scale[0] <= scale[1], got rotate=10.0, scale=(1.2, 1.1)",
+        "need 0 < scale[0] <= scale[1], got scale=(1.2, 1.1)",
     ),
     (
         multifaceted,
@@ -34,7 +36,7 @@ CASES = [
         {"k": 5, "top": 4},
         "k=5 exceeds the number of top patches (4); lower k or raise top",
     ),
-    (invert, InversionSettings, {"lambda_tv": -1.0}, "lambda_tv must be >= 0, got -1.0"),
+    (invert, InversionSettings, {"lambda_tv": -1.0}, "lambda_tv must be a finite number >= 0, got -1.0"),
 ]
 IDS = ["actmax", "multifaceted", "invert"]
 
@@ -110,3 +112,32 @@ def test_commands_map_their_flags_onto_the_settings():
 def test_unknown_setting_names_the_close_match(cls):
     with pytest.raises(DiversevisError, match=f"unknown {cls.__name__} setting 'sed'.*seed"):
         cls.from_dict({"sed": 1})
+
+
+def _number_fields(cls) -> list[tuple[type, str]]:
+    return [
+        (cls, f.name)
+        for f in dataclasses.fields(cls)
+        if isinstance(f.default, float) and not isinstance(f.default, bool)
+    ]
+
+
+NUMBER_FIELDS = [
+    case for cls in (ActmaxSettings, MultifacetedSettings, InversionSettings) for case in _number_fields(cls)
+]
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("cls, name", NUMBER_FIELDS, ids=[f"{c.__name__}.{n}" for c, n in NUMBER_FIELDS])
+def test_classic_settings_refuse_non_finite_numbers_naming_the_field(cls, name, bad):
+    with pytest.raises(DiversevisError, match=rf"^{name} must be a finite number"):
+        cls(**{name: bad})
+
+
+@pytest.mark.parametrize("cls", [ActmaxSettings, MultifacetedSettings, InversionSettings])
+def test_classic_settings_take_numpy_and_torch_integers_and_refuse_seeds_over_64_bits(cls):
+    assert cls(seed=np.int64(3)).seed == 3 and type(cls(seed=torch.tensor(3)).seed) is int
+    with pytest.raises(DiversevisError, match=r"seed must be an integer in \[0, 2\*\*63 - 1\]"):
+        cls(seed=2**70)
+    with pytest.raises(DiversevisError, match=r"max_iter must be an integer in \[1, "):
+        cls(max_iter=2.5)

@@ -154,7 +154,7 @@ def test_invert_rejects_bad_requests():
     net = _mixing_net()
     with pytest.raises(DiversevisError, match="unknown layer"):
         invert(net, "conv9", torch.rand(3, 8, 8), max_iter=1)
-    with pytest.raises(DiversevisError, match="lambda_tv must be >= 0"):
+    with pytest.raises(DiversevisError, match="lambda_tv must be a finite number >= 0"):
         invert(net, "0", torch.rand(3, 8, 8), lambda_tv=-1, max_iter=1)
     with pytest.raises(DiversevisError, match="all zero"):
         invert(net, "0", torch.full((3, 8, 8), 0.5), max_iter=1)

@@ -156,7 +156,9 @@ def test_hooks_are_removed_when_the_input_is_too_small():
 
 def test_a_layer_without_output_names_the_models_own_reason():
     net = Network(small_vgg().module, aliases=vgg_aliases(SMALL_CFG), input_size=8)
-    with pytest.raises(DiversevisError, match=r"no output for a 3-channel 8px input \(the model raised: .*size"):
+    with pytest.raises(
+        DiversevisError, match=r"no output for a 3-channel 8px input \(the model raised: .*size"
+    ):
         net.channels("conv3_1")
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from diversevis.core.errors import DiversevisError
 from diversevis import Network
+from diversevis.core.errors import DiversevisError
 from diversevis.core.receptive import (
     Placement,
     ReceptiveField,

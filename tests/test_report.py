@@ -155,6 +155,19 @@ def test_a_missing_png_is_shown_as_a_marker_not_a_broken_image(store, tmp_path):
     assert 'class="missing"' not in (out / "unit-conv1_1-u0.html").read_text(encoding="utf-8")
 
 
+def test_a_failed_unit_is_shown_with_its_reason_not_as_missing_files(store, tmp_path):
+    src = _copy(store, tmp_path)
+    reason = "non-finite loss at iteration 3 (a NaN weight in the model?)"
+    with Store(src) as st:
+        st.record("conv1_1", 9, {"failed": reason}, {"failed": reason}, 0.1)
+    out = write_report(src).parent
+    page = (out / "unit-conv1_1-u9.html").read_text(encoding="utf-8")
+    assert "failed:" in page and reason in page and "missing files" not in page
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "<b>1</b>failed (not computed)" in index and "<b>0</b>with missing files" in index
+    assert "<dt>failed (not computed)</dt><dd>1 of 5</dd>" in index  # the layer summary
+
+
 def test_bad_directories_give_clear_errors(tmp_path):
     with pytest.raises(dv.DiversevisError, match="does not exist"):
         write_report(tmp_path / "missing")

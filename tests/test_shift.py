@@ -125,7 +125,7 @@ def test_shift_test_on_real_vgg16_conv2_1_reports_what_the_unit_sees(vgg16_paper
 
 def test_bad_shift_arguments_are_rejected():
     net = cell_network("complex")
-    with pytest.raises(dv.DiversevisError, match=r"weight_min must be in \[0, 1\]"):
+    with pytest.raises(dv.DiversevisError, match=r"weight_min must be a finite number in \[0, 1\]"):
         shift_test(net, "response", 0, norm=RHO, weight_min=2.0)
     with pytest.raises(dv.DiversevisError, match="stride"):
         shift_test(net, "response", 0, norm=RHO, stride=0)

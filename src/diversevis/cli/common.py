@@ -10,12 +10,18 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from diversevis.core.devices import check_device
 from diversevis.core.errors import DiversevisError, EnvironmentProblem
+from diversevis.core.optimize import Interrupted
 from diversevis.core.settings import Settings
+
+#: Exit status after Ctrl-C (as :data:`diversevis.cli.EXIT_INTERRUPTED`).
+EXIT_INTERRUPTED = 130
 
 S = TypeVar("S", bound=Settings)
 
@@ -348,3 +354,19 @@ def check_writable(path: str | Path) -> None:
         raise EnvironmentProblem(
             f"cannot create output directory {str(out)!r}: no permission to write to {str(base)!r}"
         )
+
+
+def save_interrupted(
+    stop: Interrupted, kind: type, args: argparse.Namespace, net: Any, summary: Callable[[Any, Path], None]
+) -> int:
+    """Save the partial result an :class:`Interrupted` carries (if it is a ``kind``) and return 130.
+
+    ``summary(result, out)`` prints the usual lines; a Ctrl-C before any ``kind`` result exists (e.g.
+    during the MEI of a shift test) is re-raised: the CLI then prints ``interrupted`` and exits 130.
+    """
+    if not isinstance(stop.result, kind):
+        raise KeyboardInterrupt from stop
+    out = stop.result.save(out_dir(args, net))
+    summary(stop.result, out)
+    print("diversevis: interrupted: the partial result above is saved (spec: interrupted)", file=sys.stderr)
+    return EXIT_INTERRUPTED

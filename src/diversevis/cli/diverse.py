@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from diversevis.cli.common import (
     add_crop_arg,
@@ -18,14 +17,13 @@ from diversevis.cli.common import (
     positive_float,
     positive_int,
     px,
+    save_interrupted,
     settings_from_args,
 )
 from diversevis.core.errors import DiversevisError
 from diversevis.core.optimize import Interrupted
+from diversevis.core.result import Result
 from diversevis.methods.settings import DiverseSettings, MEISettings
-
-#: Exit status after Ctrl-C (as :data:`diversevis.cli.EXIT_INTERRUPTED`).
-EXIT_INTERRUPTED = 130
 
 __all__ = ["COMMANDS", "add_diverse_parser", "add_mei_parser", "run"]
 
@@ -110,14 +108,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             res = dfv.run_mei(net, *target, settings_from_args(MEISettings, args), progress=not args.quiet)
     except Interrupted as stop:  # Ctrl-C: keep the best iterate found so far
-        if stop.result is None:
-            raise
-        out = stop.result.save(out_dir(args, net))
-        _print_summary(stop.result, args.command, out)
-        print(
-            "diversevis: interrupted: the partial result above is saved (spec: interrupted)", file=sys.stderr
-        )
-        return EXIT_INTERRUPTED
+        return save_interrupted(stop, Result, args, net, lambda r, out: _print_summary(r, args.command, out))
     out = res.save(out_dir(args, net))
     _print_summary(res, args.command, out)
     return 0

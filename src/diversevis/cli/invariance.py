@@ -18,10 +18,12 @@ from diversevis.cli.common import (
     nonneg_int,
     out_dir,
     positive_int,
+    save_interrupted,
     settings_from_args,
     unit_float,
 )
 from diversevis.core.errors import DiversevisError
+from diversevis.core.optimize import Interrupted
 from diversevis.methods.phase_result import DRIVE_THRESHOLD
 from diversevis.methods.settings import MEISettings, ShiftSettings
 
@@ -71,19 +73,26 @@ def add_shift_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 def run_shift(args: argparse.Namespace) -> int:
     """Handler of ``diversevis shift-test``; returns the exit status."""
-    from diversevis.methods.shift import run_shift_test
+    from diversevis.methods.shift import ShiftResult, run_shift_test
 
     net = load(args)
-    res = run_shift_test(
-        net,
-        args.layer,
-        args.unit,
-        direction(args.direction),
-        args.metric,
-        settings_from_args(ShiftSettings, args),
-        progress=not args.quiet,
-    )
-    out = res.save(out_dir(args, net))
+    try:
+        res = run_shift_test(
+            net,
+            args.layer,
+            args.unit,
+            direction(args.direction),
+            args.metric,
+            settings_from_args(ShiftSettings, args),
+            progress=not args.quiet,
+        )
+    except Interrupted as stop:  # Ctrl-C: keep the best texture found so far
+        return save_interrupted(stop, ShiftResult, args, net, _print_shift)
+    _print_shift(res, res.save(out_dir(args, net)))
+    return 0
+
+
+def _print_shift(res, out) -> None:
     s = res.spec
     print(
         f"{s['model']} {s['layer']} unit {s['unit']}: shift test, {s['n_crops']} crops of "
@@ -94,7 +103,6 @@ def run_shift(args: argparse.Namespace) -> int:
         f"(MEI {res.mei_activation:.4g})"
     )
     print(f"  wrote {out / 'texture.png'}, {out / 'shift_map.png'}, {out / 'shift.json'}")
-    return 0
 
 
 def add_phase_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from diversevis.cli.common import (
+    EXIT_INTERRUPTED,
     add_contrast_args,
     add_model_args,
     add_precision_arg,
@@ -104,7 +106,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``diversevis sweep``; returns the exit status."""
-    from diversevis.study.sweep import _import_ray, sweep
+    from diversevis.study.sweep import _import_ray
 
     if args.backend == "ray":
         _import_ray()  # before loading the model
@@ -116,7 +118,41 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(
         SweepSettings, args, distance_layer=dl, tests=tuple(t for t in args.tests.split(",") if t)
     )
-    store = sweep(
+    try:
+        store = _sweep(args, net, settings)
+    except KeyboardInterrupt:  # every finished unit is in the store: the same command resumes
+        n = _units_saved(args.out)
+        print(
+            f"diversevis: interrupted: {n} units are saved in {args.out}; run the same command again to "
+            "resume (finished units are skipped)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    rows = store.rows()
+    print(f"{len(rows)} units done in {args.out} ({time.perf_counter() - t0:.1f}s this run)")
+    for layer in store.layers():
+        rs = [r for r in rows if r["layer"] == layer]
+        print(f"  {layer}: {len(rs)} units")
+    store.close()
+    return 0
+
+
+def _units_saved(out: str) -> int:
+    """How many units the store at ``out`` holds (0 when it was not created yet)."""
+    from diversevis.study.store import Store
+
+    try:
+        with Store(out) as st:
+            return len(st.rows())
+    except DiversevisError:
+        return 0
+
+
+def _sweep(args: argparse.Namespace, net, settings: SweepSettings):
+    """Run the sweep the flags ask for; returns its open store."""
+    from diversevis.study.sweep import sweep
+
+    return sweep(
         net,
         [x for x in args.layers.split(",") if x],
         args.units,
@@ -131,13 +167,6 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         worker_threads=args.worker_threads,
     )
-    rows = store.rows()
-    print(f"{len(rows)} units done in {args.out} ({time.perf_counter() - t0:.1f}s this run)")
-    for layer in store.layers():
-        rs = [r for r in rows if r["layer"] == layer]
-        print(f"  {layer}: {len(rs)} units")
-    store.close()
-    return 0
 
 
 #: ``(add_parser, run)`` of this module's subcommand.

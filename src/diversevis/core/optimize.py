@@ -29,7 +29,7 @@ from torch import nn
 from diversevis.core.errors import DiversevisError
 from diversevis.core.precision import check_precision, precision_context
 
-__all__ = ["StepInfo", "OptimizeResult", "NonFiniteError", "Interrupted", "optimize"]
+__all__ = ["StepInfo", "OptimizeResult", "NonFiniteError", "Interrupted", "PartialRun", "optimize"]
 
 #: Rows of one chunk of the loss history.
 _HISTORY_CHUNK = 1024
@@ -52,6 +52,34 @@ class Interrupted(KeyboardInterrupt):
         super().__init__("interrupted")
         self.results = results
         self.result = result
+
+
+class PartialRun:
+    """Context: Ctrl-C in the optimisation keeps the best iterate so far.
+
+    On :class:`Interrupted` the block ends with ``opt`` = the partial run and
+    ``spec`` = ``{"interrupted": True}``; :meth:`finish` then raises ``Interrupted(result=...)`` with
+    the result built from it, for the caller (the CLI saves it and exits 130).
+    """
+
+    def __init__(self) -> None:
+        self.opt = None
+        self.spec: dict[str, Any] = {}
+
+    def __enter__(self) -> PartialRun:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, Interrupted) and exc.results:
+            self.opt, self.spec = exc.results[0], {"interrupted": True}
+            return True
+        return False
+
+    def finish(self, result: Any) -> Any:
+        """``result`` (the finished run's), or ``Interrupted(result=result)`` raised after a Ctrl-C."""
+        if self.spec.get("interrupted"):
+            raise Interrupted(result=result)
+        return result
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diversevis.core.checks import SIDE_MAX, integer
 from diversevis.core.errors import DiversevisError, did_you_mean
 from diversevis.images.naturals import IMAGE_EXTENSIONS, _read_image_file, bundled_photo_files
 
@@ -52,8 +53,7 @@ def square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
     torch.Tensor
         ``(C, size, size)`` float32, clipped to ``[0, 1]``.
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise DiversevisError(f"image size must be a positive integer, got {size!r}")
+    size = integer("image size", size, 1, SIDE_MAX)
     _, h, w = image.shape
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))

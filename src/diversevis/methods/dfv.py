@@ -25,7 +25,7 @@ from torch import nn
 
 from diversevis.core.network import Network
 from diversevis.core.objectives import diversity_value
-from diversevis.core.optimize import Interrupted, StepInfo, optimize
+from diversevis.core.optimize import PartialRun, StepInfo, optimize
 from diversevis.core.params import PixelImage
 from diversevis.core.result import Result
 from diversevis.core.spec import versions  # noqa: F401 (imported from here by older code)
@@ -123,7 +123,7 @@ def run_mei(
         return prob.evaluate(x, need_features=False)[0]
 
     context, redraws, redirected = alive_starts(param, values, s.seed, s.restarts, net.module)
-    with context, _partial() as stop:
+    with context, PartialRun() as stop:
         opt = optimize(
             param,
             lambda x: -values(x).mean(),
@@ -302,7 +302,7 @@ def run_diverse(
     label = f"diverse {net.display_name(layer)}:{unit if unit is not None else 'dir'}"
     values = lambda x: prob.evaluate(x, need_features=False)[0]  # noqa: E731
     context, redraws, redirected = alive_starts(param, values, s.seed, s.n_images, net.module)
-    with context, _partial() as stop:
+    with context, PartialRun() as stop:
         opt = optimize(
             param,
             loss_fn,
@@ -321,33 +321,6 @@ def run_diverse(
     if prior_model is not None:
         spec.update(_prior_spec(prior, prior_model, opt.images, s.prior_weight))
     return stop.finish(_diverse_result(prob, opt, acts, feats, mei_res, mei_act, spec))
-
-
-class _partial:
-    """Context: Ctrl-C in the optimisation keeps the best iterate so far.
-
-    On :class:`~diversevis.core.optimize.Interrupted` the block ends with ``opt`` = the partial run and
-    ``spec`` = ``{"interrupted": True}``; :meth:`finish` then raises ``Interrupted(result=...)`` with
-    the result built from it, for the caller (the CLI saves it and exits 130).
-    """
-
-    def __init__(self) -> None:
-        self.opt = None
-        self.spec: dict[str, Any] = {}
-
-    def __enter__(self) -> _partial:
-        return self
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if isinstance(exc, Interrupted) and exc.results:
-            self.opt, self.spec = exc.results[0], {"interrupted": True}
-            return True
-        return False
-
-    def finish(self, result: Result) -> Result:
-        if self.spec.get("interrupted"):
-            raise Interrupted(result=result)
-        return result
 
 
 def _diverse_loss(prob: Problem, s: DiverseSettings, prior_model) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -28,6 +28,7 @@ from diversevis.methods.problem import (
     _mei_result,
     _prepare,
     _seeded_images,
+    mei_value,
     resolve_mei,
 )
 from diversevis.methods.settings import DiverseSettings, MEISettings
@@ -211,7 +212,7 @@ def _unit_meis(
     meis = list(mei)
     if len(meis) != len(units):
         raise DiversevisError(f"give one MEI per unit ({len(units)}), got {len(meis)}")
-    return meis
+    return [m if isinstance(m, Result) or m is None else mei_value(m) for m in meis]
 
 
 def _optimize_units(

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from diversevis.core.checks import integer
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.core.objectives import pairwise_rms_matrix
@@ -52,12 +53,6 @@ from diversevis.methods.problem import _prepare
 __all__ = ["ExemplarSet", "greedy_max_min", "top_patches", "diverse_exemplars"]
 
 _PIXEL_NAMES = (None, "", "pixel", "pixels", "none")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise DiversevisError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 # ------------------------------------------------------------------------------------------- selection
@@ -103,10 +98,10 @@ def greedy_max_min(features: torch.Tensor, n: int, *, start: int = 0) -> list[in
     if not f.is_floating_point():
         f = f.double()
     m = f.shape[0]
-    n = _check_int("n", n, 1)
+    n = integer("n", n, 1)
     if n > m:
         raise DiversevisError(f"cannot select n={n} rows from {m} candidates")
-    start = _check_int("start", start, 0)
+    start = integer("start", start, 0)
     if start >= m:
         raise DiversevisError(f"start={start} is out of range for {m} candidates")
     d = max(1, f.shape[1])
@@ -355,9 +350,9 @@ def top_patches(
         raise DiversevisError(
             f"natural exemplars need an RGB network (3 input channels), {net.name} takes {net.in_channels}"
         )
-    k = _check_int("k", k, 1)
-    candidates = _check_int("candidates", candidates, 1)
-    batch = _check_int("batch", batch, 1)
+    k = integer("k", k, 1)
+    candidates = integer("candidates", candidates, 1)
+    batch = integer("batch", batch, 1)
     if k > candidates:
         raise DiversevisError(f"k={k} exceeds the number of candidates ({candidates})")
     prob = Problem.build(
@@ -521,8 +516,8 @@ def diverse_exemplars(
         raise DiversevisError(
             "this ExemplarSet carries no network; make it with top_patches (or set .network)"
         )
-    n = _check_int("n", n, 1)
-    batch = _check_int("batch", batch, 1)
+    n = integer("n", n, 1)
+    batch = integer("batch", batch, 1)
     if mei_activation is not None:
         mei_activation = float(mei_activation)
         if not math.isfinite(mei_activation):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from diversevis.core.checks import finite
 from diversevis.core.devices import check_device
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network, as_network
@@ -359,7 +360,12 @@ def resolve_mei(
         return res, res.mei_activation
     if mei is False or mei is None:
         return None, None
-    return None, float(mei)
+    return None, mei_value(mei)
+
+
+def mei_value(mei: Any) -> float:
+    """A given MEI activation: a finite number > 0 (the ratios to it are meaningless otherwise)."""
+    return finite("mei (the MEI's activation)", mei, 0.0, open_lo=True)
 
 
 def _prepare(model, device) -> Network:

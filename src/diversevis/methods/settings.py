@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from pathlib import Path
 from typing import Any
 
+from diversevis.core.checks import IMAGES_MAX, check_fields, check_loop
 from diversevis.core.errors import DiversevisError
 from diversevis.core.objectives import DIVERSITIES
 from diversevis.core.settings import Settings
@@ -21,32 +21,11 @@ __all__ = ["MEISettings", "DiverseSettings", "ShiftSettings", "CROPS"]
 
 
 def _check_common(s: Settings) -> None:
-    """Checks every DFV-family setting shares: finite positive numbers, integer counts, the seed's range."""
-    for name in ("lr", "contrast"):
-        _finite(name, getattr(s, name), lo=0.0, strict=True)
-    if s.norm is not None:
-        _finite("norm", s.norm, lo=0.0, strict=True)
-    _integer("max_iter", s.max_iter, 1)
-    _integer("patience", s.patience, 0)
-    _integer("seed", s.seed, 0, 2**63 - 1)
-    if not (isinstance(s.ema, (int, float)) and 0.0 <= s.ema < 1.0):
-        raise DiversevisError(f"ema must be in [0, 1), got {s.ema!r}")
-
-
-def _finite(name: str, value: Any, *, lo: float, strict: bool) -> None:
-    """``value`` must be a finite real number above ``lo`` (``>= lo`` unless ``strict``)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= lo if strict else value < lo):
-        rule = f"> {lo:g}" if strict else f">= {lo:g}"
-        raise DiversevisError(f"{name} must be a finite number {rule}, got {value!r}")
-
-
-def _integer(name: str, value: Any, lo: int, hi: int | None = None) -> None:
-    """``value`` must be an integer (any :class:`numbers.Integral`, not bool) in ``[lo, hi]``."""
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok or value < lo or (hi is not None and value > hi):
-        rule = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise DiversevisError(f"{name} must be an integer {rule}, got {value!r}")
+    """Checks every DFV-family setting shares: the loop's (lr, counts, ema, seed), contrast and norm."""
+    check_fields(
+        s, floats=[("contrast", 0.0, math.inf, True), ("norm", 0.0, math.inf, True)], optional=["norm"]
+    )
+    check_loop(s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +51,7 @@ class MEISettings(Settings):
     precision: str = "fp32"
 
     def check(self) -> None:
-        if self.restarts < 1:
-            raise DiversevisError(f"restarts must be >= 1, got {self.restarts}")
+        check_fields(self, ints=[("restarts", 1)])
         _check_common(self)
 
     def spec(self) -> dict[str, Any]:
@@ -113,21 +91,17 @@ class DiverseSettings(Settings):
     crop: str = "nominal"
 
     def check(self) -> None:
-        if not isinstance(self.n_images, int) or self.n_images < 2:
-            raise DiversevisError(f"n_images must be an int >= 2 for a diverse set, got {self.n_images!r}")
+        check_fields(self, ints=[("n_images", 2, IMAGES_MAX)])  # a set: at least two images
         if self.distance not in DIVERSITIES:
             raise DiversevisError(
                 f"unknown distance {self.distance!r}; choose one of {', '.join(DIVERSITIES)}"
             )
-        if self.diversity < 0:
-            raise DiversevisError(f"diversity (lambda) must be >= 0, got {self.diversity}")
-        if self.prior_weight < 0:
-            raise DiversevisError(f"prior_weight (beta) must be >= 0, got {self.prior_weight}")
         _check_crop(self.crop)
-        _finite("diversity", self.diversity, lo=0.0, strict=False)
-        _finite("prior_weight", self.prior_weight, lo=0.0, strict=False)
-        _finite("tau", self.tau, lo=0.0, strict=True)
-        _integer("mei_restarts", self.mei_restarts, 1)
+        check_fields(
+            self,
+            ints=[("mei_restarts", 1)],
+            floats=[("diversity", 0.0), ("prior_weight", 0.0), ("tau", 0.0, math.inf, True)],
+        )
         _check_common(self)
 
     def mei_settings(self, norm: float | None = None) -> MEISettings:
@@ -175,11 +149,7 @@ class ShiftSettings(Settings):
 
     def check(self) -> None:
         _check_crop(self.crop)
-        if not 0.0 <= self.weight_min <= 1.0:
-            raise DiversevisError(f"weight_min must be in [0, 1], got {self.weight_min}")
-        if not isinstance(self.stride, int) or self.stride < 1:
-            raise DiversevisError(f"stride must be an int >= 1, got {self.stride!r}")
-        _integer("mei_restarts", self.mei_restarts, 1)
+        check_fields(self, ints=[("stride", 1), ("mei_restarts", 1)], floats=[("weight_min", 0.0, 1.0)])
         _check_common(self)
 
     def mei_settings(self, norm: float | None = None) -> MEISettings:

@@ -29,7 +29,7 @@ from torch import nn
 from diversevis.core.cache import atomic_write_bytes, atomic_write_json, output_dir
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
-from diversevis.core.optimize import StepInfo, optimize
+from diversevis.core.optimize import PartialRun, StepInfo, optimize
 from diversevis.core.params import precondition
 from diversevis.core.result import Result, clip_report, image_grid, png_html
 from diversevis.methods.dfv import run_mei
@@ -428,26 +428,29 @@ def run_shift_test(
         p = crop_values(texture)
         return -(1 - s.weight_min) * p.mean() - s.weight_min * p.min()
 
-    opt = optimize(
-        param,
-        loss_fn,
-        **s.loop(),
-        progress=progress,
-        desc=f"shift {net.display_name(layer)}:{unit}",
-        callbacks=callbacks,
-    )
+    with PartialRun() as stop:  # Ctrl-C: the best texture so far, marked interrupted
+        opt = optimize(
+            param,
+            loss_fn,
+            **s.loop(),
+            progress=progress,
+            desc=f"shift {net.display_name(layer)}:{unit}",
+            callbacks=callbacks,
+        )
+    opt = stop.opt or opt
     with torch.no_grad():
         acts = crop_values(opt.images)
     n = len(crop_offsets(rf, s.stride))
-    return ShiftResult(
+    result = ShiftResult(
         texture=opt.images[0].detach().cpu(),
         mask=param.mask().detach().cpu(),
         activations=acts.detach().cpu().reshape(n, n),
         mei_activation=float(mei_act),
-        spec=_shift_spec(prob, s, opt, param, n, mei is True, mei_res),
+        spec={**_shift_spec(prob, s, opt, param, n, mei is True, mei_res), **stop.spec},
         loss_history=opt.history,
         mei_image=None if mei_res is None else mei_res.mei_image,
     )
+    return stop.finish(result)
 
 
 def _check_crops(prob: Problem, layer: str, stride: int) -> int:

@@ -9,7 +9,7 @@ Larger methods keep their parts in sibling modules named after them, re-exported
 ``deconvnet_trace`` (the forward chain of leaf modules),
 ``deconvnet_result``, ``multifaceted_facets`` (exemplars, embedding, k-means facets),
 ``multifaceted_result``, ``multifaceted_settings``, ``dissection_stats`` (quantiles, masks, IoU
-counts), ``dissection_result``; ``concepts`` holds dissection's datasets and ``_checks`` the shared
-argument checks. The settings classes (``ActmaxSettings``, ``MultifacetedSettings``,
+counts), ``dissection_result``; ``concepts`` holds dissection's datasets (argument checks are
+:mod:`diversevis.core.checks`). The settings classes (``ActmaxSettings``, ``MultifacetedSettings``,
 ``InversionSettings``) hold each method's defaults and validation.
 """

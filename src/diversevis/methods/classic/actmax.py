@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diversevis.core.checks import IMAGES_MAX, SIDE_MAX, check_fields, check_loop, finite
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.core.objectives import pairwise_rms_matrix
@@ -219,24 +221,28 @@ class ActmaxSettings(Settings):
 
     def check(self) -> None:
         """Refuse bad values before the network is loaded."""
-        if not isinstance(self.n_images, int) or self.n_images < 1:
-            raise DiversevisError(f"n_images must be an int >= 1, got {self.n_images!r}")
-        if not isinstance(self.size, int) or self.size < 1:
-            raise DiversevisError(f"size must be a positive int, got {self.size!r}")
+        check_fields(
+            self,
+            ints=[
+                ("n_images", 1, IMAGES_MAX),
+                ("size", 1, SIDE_MAX),
+                ("pad", 0, SIDE_MAX),
+                ("jitter", 0, SIDE_MAX),
+            ]
+            + [("redirect_relu", 0)],
+            floats=[("decay_power", 0.0), ("contrast", 0.0, math.inf, True), ("norm", 0.0, math.inf, True)]
+            + [("rotate", 0.0, 360.0), ("l1", 0.0), ("tv", 0.0), ("tv_beta", 0.0, math.inf, True)]
+            + [("init_sd", 0.0, math.inf, True)],
+            optional=["norm"],
+        )
+        check_loop(self)
         if self.constraint not in CONSTRAINTS:
             raise DiversevisError(
                 f"unknown constraint {self.constraint!r}; choose one of {', '.join(CONSTRAINTS)}"
             )
-        for name in ("l1", "tv", "redirect_relu", "pad", "jitter"):
-            v = getattr(self, name)
-            if v < 0:
-                raise DiversevisError(f"{name} must be >= 0, got {v}")
-        if self.rotate < 0 or not 0 < self.scale[0] <= self.scale[1]:
-            raise DiversevisError(
-                f"need rotate >= 0 and 0 < scale[0] <= scale[1], got rotate={self.rotate}, scale={self.scale}"
-            )
-        if not self.lr > 0 or not self.init_sd > 0:
-            raise DiversevisError(f"lr and init_sd must be > 0, got {self.lr} and {self.init_sd}")
+        lo, hi = (finite("scale", v, 0.0, open_lo=True) for v in self.scale)
+        if lo > hi:
+            raise DiversevisError(f"need 0 < scale[0] <= scale[1], got scale={self.scale}")
 
 
 # --------------------------------------------------------------------------------------------- actmax

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from diversevis.core.cache import atomic_write_bytes
+from diversevis.core.checks import SIDE_MAX, check_fields, check_loop
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.core.optimize import OptimizeResult, StepInfo, optimize
@@ -270,14 +271,14 @@ class InversionSettings(Settings):
     seed: int = 0
 
     def check(self) -> None:
-        for name in ("alpha", "beta", "bound", "lr", "init_sd"):
-            v = getattr(self, name)
-            if not v > 0:
-                raise DiversevisError(f"{name} must be > 0, got {v}")
-        for name in ("lambda_alpha", "lambda_tv"):
-            v = getattr(self, name)
-            if v < 0:
-                raise DiversevisError(f"{name} must be >= 0, got {v}")
+        positive = [(name, 0.0, math.inf, True) for name in ("alpha", "beta", "bound", "init_sd")]
+        check_fields(
+            self,
+            ints=[("size", 1, SIDE_MAX)],
+            floats=positive + [("lambda_alpha", 0.0), ("lambda_tv", 0.0)],
+            optional=["size"],
+        )
+        check_loop(self)
 
 
 def invert(

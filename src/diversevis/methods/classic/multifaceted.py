@@ -57,10 +57,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diversevis.core.checks import integer
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.core.optimize import OptimizeResult, optimize_groups
-from diversevis.methods.classic._checks import _check_int
 from diversevis.methods.classic.multifaceted_facets import (
     _PIXEL_NAMES,
     POOLS,
@@ -207,7 +207,7 @@ def _check_jitter(jitter: int | None, size: int) -> int:
     """The jitter margin: by default ``round(size / 16)`` (at least 1), none below 8 px."""
     if jitter is None:
         jitter = max(1, round(size / 16)) if size >= 8 else 0
-    return _check_int("jitter", jitter, 0)
+    return integer("jitter", jitter, 0)
 
 
 def _embedding_layer(net: Network, layer: str, embed_layer: str | None) -> str:

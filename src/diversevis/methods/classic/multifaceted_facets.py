@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diversevis.core.checks import integer
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
-from diversevis.methods.classic._checks import _check_int
 from diversevis.methods.dfv import Problem
 
 __all__ = ["POOLS", "UnitReadout", "embed", "kmeans_facets", "facet_means"]
@@ -61,7 +61,7 @@ class UnitReadout:
         self.layer = layer
         self.unit = int(unit)
         self.rf = p.image_size
-        self.size = p.image_size if size is None else _check_int("patch size", size, 1)
+        self.size = p.image_size if size is None else integer("patch size", size, 1)
         if self.size <= p.image_size:
             lo = p.offset + (p.image_size - self.size) // 2
             hi = p.canvas_size - self.size - lo
@@ -185,7 +185,7 @@ def kmeans_facets(
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         x = x / np.where(norms > 0, norms, 1.0)
     n = x.shape[0]
-    k = _check_int("k", k, 1)
+    k = integer("k", k, 1)
     if k > n:
         raise DiversevisError(f"k={k} exceeds the number of patches to cluster ({n}); lower k or raise top")
     distinct = len(np.unique(x, axis=0))
@@ -197,9 +197,9 @@ def kmeans_facets(
     if pca is not None:
         from sklearn.decomposition import PCA
 
-        pca = _check_int("pca", pca, 1)
-        x = PCA(n_components=min(pca, n, x.shape[1]), random_state=seed).fit_transform(x)
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+        pca = integer("pca", pca, 1)
+        x = PCA(n_components=min(pca, n, x.shape[1]), random_state=seed % 2**32).fit_transform(x)
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed % 2**32).fit(x)
     raw = km.labels_.astype(np.int64)
     sizes = np.bincount(raw, minlength=k)
     order = sorted(range(k), key=lambda c: (-sizes[c], c))
@@ -232,7 +232,7 @@ def facet_means(
     members : list of numpy.ndarray
         Per facet, the indices of all its members sorted by distance to the centroid (ties: index).
     """
-    n_mean = _check_int("n_mean", n_mean, 1)
+    n_mean = integer("n_mean", n_mean, 1)
     labels = np.asarray(labels)
     distances = np.asarray(distances, dtype=np.float64)
     k = int(labels.max()) + 1

@@ -7,11 +7,12 @@ keyword arguments (their defaults are this class's) and whose CLI maps its flags
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
+from diversevis.core.checks import check_fields, check_loop
 from diversevis.core.errors import DiversevisError
 from diversevis.core.settings import Settings
-from diversevis.methods.classic._checks import _check_float, _check_int
 from diversevis.methods.classic.multifaceted_facets import POOLS
 
 __all__ = ["MultifacetedSettings"]
@@ -22,23 +23,26 @@ _INTS = (
     ("top", 1),
     ("candidates", 1),
     ("n_mean", 1),
-    ("max_iter", 1),
-    ("patience", 0),
     ("batch", 1),
-    ("seed", 0),
 )
 #: The float settings (lower bound, open?), checked after the integers.
-_FLOATS = (("lr", 0.0, True), ("tv", 0.0, False), ("window", 0.0, False), ("facet_weight", 0.0, False))
+_FLOATS = (
+    ("tv", 0.0),
+    ("window", 0.0),
+    ("facet_weight", 0.0),
+    ("contrast", 0.0, math.inf, True),
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class MultifacetedSettings(Settings):
     """The settings of :func:`~diversevis.methods.classic.multifaceted.multifaceted` (see there).
 
-    Building one checks, in this order, the integers (``k`` to ``seed``; stored as ``int``), the floats
-    (``lr``, ``tv``, ``window``, ``facet_weight``; stored as ``float``), ``pool`` and ``k <= top``.
+    Building one checks the counts (``k``, ``top``, ``candidates``, ``n_mean``, ``batch``;
+    stored as ``int``), the floats (``tv``, ``window``, ``facet_weight``, ``contrast``; stored as
+    ``float``), the loop (``lr``, ``max_iter``, ``patience``, ``seed``), ``pool`` and ``k <= top``.
     ``patch_size``, ``embed_layer`` and ``jitter`` depend on the network and are checked against it
-    when the method runs; ``normalize``, ``pca``, ``match_contrast``, ``contrast`` and ``images`` are
+    when the method runs; ``normalize``, ``pca``, ``match_contrast`` and ``images`` are
     kept as given.
     """
 
@@ -65,12 +69,8 @@ class MultifacetedSettings(Settings):
     images: str | Path | None = None
 
     def check(self) -> None:
-        # a frozen dataclass: the checked values (numpy integers as int, numbers as float) are stored
-        # with object.__setattr__
-        for name, minimum in _INTS:
-            object.__setattr__(self, name, _check_int(name, getattr(self, name), minimum))
-        for name, lo, open_lo in _FLOATS:
-            object.__setattr__(self, name, _check_float(name, getattr(self, name), lo, open_lo=open_lo))
+        check_fields(self, ints=_INTS, floats=_FLOATS)  # stored as int / float
+        check_loop(self)  # lr, max_iter, patience, seed
         if self.pool not in POOLS:
             raise DiversevisError(f"unknown pool {self.pool!r}; choose one of {', '.join(POOLS)}")
         if self.k > self.top:

@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from diversevis.core.cache import atomic_write_bytes, atomic_write_json, output_dir
+from diversevis.core.checks import integer
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.images.photos import load_photo
-from diversevis.methods.classic._checks import _check_int
 from diversevis.methods.dfv import versions
 from diversevis.methods.problem import _prepare
 
@@ -86,8 +86,8 @@ def occlusion_grid(height: int, width: int, size: int, stride: int) -> tuple[lis
     DiversevisError
         If ``size`` or ``stride`` is not a positive integer or the square does not fit in the image.
     """
-    size = _check_int("size", size)
-    stride = _check_int("stride", stride)
+    size = integer("size", size, 1)
+    stride = integer("stride", stride, 1)
     if size > min(height, width):
         raise DiversevisError(
             f"occluder size {size} px is larger than the {height}x{width} image; choose a size "
@@ -471,7 +471,7 @@ def occlusion(
     t0 = time.perf_counter()
     net = _prepare(model, device)
     img, source = _load_image(net, image, image_size)
-    batch_size = _check_int("batch_size", batch_size)
+    batch_size = integer("batch_size", batch_size, 1)
     h, w = img.shape[-2:]
     ys, xs = occlusion_grid(h, w, size, stride)
     color = fill_color(fill, img.shape[0])

@@ -102,6 +102,7 @@ class UnitView:
     spec_groups: list[tuple[str, list[tuple[str, str]]]]  # per analysis (mei, diverse, ...)
     metric_rows: list[tuple[str, str]]
     kind: str  # "complex-like" / "simple-like" / ""
+    failed: str = ""  # why the sweep could not compute this unit (no files, no numbers)
     prev: UnitView | None = field(default=None, repr=False, compare=False)
     next: UnitView | None = field(default=None, repr=False, compare=False)
 
@@ -130,6 +131,10 @@ class LayerView:
     @property
     def n_missing(self) -> int:
         return sum(1 for u in self.units if u.missing)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(1 for u in self.units if u.failed)
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -225,6 +230,8 @@ def _png_size(path: Path) -> tuple[int, int] | None:
 def _expected(row: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The PNGs this unit's record says were written."""
     m, spec = row["metrics"], row["spec"]
+    if "failed" in m:  # a unit the sweep could not compute has no files, by design
+        return []
     need = {"mei": True}
     need["diverse"] = "diverse" in spec or "dfv_mean_ratio" in m
     need["phase"] = "f1_f0" in m
@@ -292,6 +299,7 @@ def _unit_view(row: dict[str, Any], store_root: Path, out: Path, href: str, laye
         spec_groups=_spec_groups(row["spec"]),
         metric_rows=_metric_rows(metrics),
         kind=kind,
+        failed=str(metrics.get("failed") or ""),
     )
 
 
@@ -338,6 +346,9 @@ def _layer_summary(units: list[UnitView]) -> list[tuple[str, str]]:
 
     labels = {c.key: c.label for c in COLUMNS}
     out = [("units", str(len(units)))]
+    failed = sum(1 for u in units if u.failed)
+    if failed:
+        out.append(("failed (not computed)", f"{failed} of {len(units)}"))
     for key, *_ in HISTOGRAMS:
         vals = [x for u in units if (x := _num(u.metrics.get(key))) is not None]
         if vals:
@@ -463,6 +474,7 @@ def _context(
             "layers": len(layers),
             "units": len(all_units),
             "missing": sum(1 for u in all_units if u.missing),
+            "failed": sum(1 for u in all_units if u.failed),
             "compute": _duration(sum(seconds)) if seconds else None,
         },
     }
