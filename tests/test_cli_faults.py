@@ -7,6 +7,7 @@ missing device, an unexpected error), 130 for Ctrl-C.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -41,6 +42,35 @@ def test_a_read_only_output_directory_is_an_environment_error(tmp_path, capsys):
     finally:
         ro.chmod(0o700)
     assert rc == EXIT_ENVIRONMENT and len(err) == 1 and "no permission to write" in err[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.isdir("/proc/self"), reason="root and procfs only")
+def test_an_output_on_a_filesystem_root_cannot_write_is_an_environment_error(capsys):
+    rc, err = run(capsys, [*MEI, "--out", "/proc/diversevis-test/run"])  # procfs: no mkdir, even for root
+    assert rc == EXIT_ENVIRONMENT and len(err) == 1 and "/proc/diversevis-test" in err[0]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 48 KiB tmpfs with 4 KiB free (root only; the injected ENOSPC below covers the other cases)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(disk)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (the injected-ENOSPC test covers a full disk)")
+    try:
+        (disk / "filler").write_bytes(b"\0" * (44 * 1024))
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_no_partial_file(full_disk, capsys):
+    out = full_disk / "run"
+    rc, err = run(capsys, ["diverse", *MEI[1:7], "--images", "3", "--max-iter", "3", "--quiet", "--out", str(out)])
+    assert rc == EXIT_ENVIRONMENT and len(err) == 1
+    assert "No space left on device" in err[0] and str(full_disk) in err[0]
+    assert not list(full_disk.rglob("*.tmp"))
 
 
 def test_a_write_that_fails_with_an_os_error_is_one_line_and_status_1(tmp_path, capsys, monkeypatch):
@@ -147,3 +177,25 @@ def test_a_corrupt_index_row_is_reported_with_the_unit_and_repaired(tmp_path, ca
     rc, err = run(capsys, [*argv, "--repair"])
     assert rc == 0, err
     assert main(["report", str(tmp_path / "s")]) == 0
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
+        (lambda p: p.write_text("not a model\n"), "is not a PyTorch checkpoint"),
+        (lambda p: p.mkdir(), "is a directory, not a file"),
+    ],
+    ids=["empty", "text", "directory"],
+)
+def test_a_model_file_that_is_not_a_checkpoint_says_what_it_is(tmp_path, capsys, make, message):
+    make(tmp_path / "model.pt")
+    rc, err = run(capsys, ["layers", "--model", f"file:{tmp_path / 'model.pt'}"])
+    assert rc == EXIT_USAGE and len(err) == 1 and message in err[0]
+
+
+def test_a_sweep_without_layers_is_a_usage_error(tmp_path, capsys):
+    rc, err = run(capsys, ["sweep", "--model", "cell:simple", "--layers", ",", "--units", "0",
+                           "--out", str(tmp_path / "s")])  # fmt: skip
+    assert rc == EXIT_USAGE and "give at least one layer name" in err[0]
+    assert not (tmp_path / "s" / "index.sqlite").exists()

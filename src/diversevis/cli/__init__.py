@@ -13,6 +13,7 @@ User errors (unknown model or layer, unit out of range, bad values) print one li
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -127,11 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("diversevis: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:
-        where = f" {e.filename!r}" if e.filename else ""
-        return _fail(args, f"cannot access{where}: {e.strerror or e}", EXIT_ENVIRONMENT)
+        return _fail(args, _os_message(e, getattr(args, "out", None)), EXIT_ENVIRONMENT)
     except Exception as e:  # a bug, not the user's fault: one line, the traceback with --debug
         msg = f"unexpected {type(e).__name__}: {e} (please report it; --debug shows the traceback)"
         return _fail(args, msg, EXIT_ENVIRONMENT)
+
+
+def _os_message(e: OSError, out: str | None) -> str:
+    """One line for an OS error: the path (the file, else the output directory) and the OS's reason."""
+    path = e.filename or out
+    where = f" {str(path)!r}" if path else ""
+    verb = "write" if e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) else "access"
+    return f"cannot {verb}{where}: {e.strerror or e}"
 
 
 def _fail(args: argparse.Namespace, message: str, status: int) -> int:

@@ -275,10 +275,29 @@ def _torch_load(p: Path, allow_pickle: bool):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _check_model_file(p: Path) -> None:
+    """A model file must exist, be a file, be non-empty and look like a PyTorch checkpoint."""
+    if p.is_dir():
+        raise ModelNotFoundError(
+            f"model file {str(p)!r} is a directory, not a file: give the checkpoint file inside it "
+            "(e.g. file:{}/model.pt)".format(str(p).rstrip("/"))
+        )
+    if not p.exists():
+        raise ModelNotFoundError(f"model file {str(p)!r} does not exist")
+    if p.stat().st_size == 0:
+        raise DiversevisError(f"model file {str(p)!r} is empty (0 bytes): an interrupted save or copy?")
+    with p.open("rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(p) and head[:1] != b"\x80":  # neither torch's zip format nor a raw pickle
+        raise DiversevisError(
+            f"model file {str(p)!r} is not a PyTorch checkpoint (neither a torch.save zip archive nor a "
+            "pickle); save the model with torch.save(model, path) or torch.save(model.state_dict(), path)"
+        )
+
+
 def _load_file(path: str, allow_pickle: bool, options: LoadOptions) -> Network:
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise ModelNotFoundError(f"model file {str(p)!r} does not exist")
+    _check_model_file(p)
     if zipfile.is_zipfile(p):
         with zipfile.ZipFile(p) as z:
             is_script = any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in z.namelist())

@@ -160,6 +160,11 @@ def sweep(
     """
     _check_arguments(batch_units, backend, workers, ray_address, worker_threads)
     net = _prepare(model, device)
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers or not all(isinstance(x, str) and x.strip() for x in layers):
+        raise DiversevisError(
+            f"give at least one layer name to sweep, got {layers!r} (CLI: --layers conv1_1,conv2_1)"
+        )
     for layer in layers:  # every request checked before the store is touched (its settings are saved)
         parse_units(units, net.channels(layer), seed)
     settings = SweepSettings.from_arguments({**locals(), "tests": tuple(tests)})
