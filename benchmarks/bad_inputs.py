@@ -105,6 +105,10 @@ def cases() -> list[Case]:
                 "chelsea",
                 "--image-size",
                 "16",
+                "--size",
+                "8",
+                "--stride",
+                "4",
             ],
         ),  # fmt: skip
         Case("sweep on an index with a corrupt JSON row", SWEEP + ["--units", "0-1"], setup="corrupt_store"),

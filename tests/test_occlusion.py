@@ -204,3 +204,10 @@ def test_cli_occlusion_argparse_error(capsys):
 def test_parse_fill():
     assert parse_fill("Grey") == "grey" and parse_fill("mean") == "mean"
     assert parse_fill("0.3") == 0.3 and parse_fill("0.1,0.2,0.3") == [0.1, 0.2, 0.3]
+
+
+def test_an_image_smaller_than_the_receptive_field_is_refused_with_the_size_to_use(vgg16_paper):
+    from diversevis.methods.classic.occlusion import occlusion
+
+    with pytest.raises(DiversevisError, match=r"16x16 px image is smaller .*receptive field 24 px"):
+        occlusion(vgg16_paper, "chelsea", "conv3_1", 0, size=8, stride=4, image_size=16, progress=False)

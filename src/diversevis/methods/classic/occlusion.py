@@ -204,6 +204,7 @@ def _unit_target(
         readout = "center"
     if readout not in READOUTS:
         raise DiversevisError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+    _check_reaches(net, layer, image)
     with torch.no_grad():
         a = net.activations(image[None], [layer])[layer]
     k = a.shape[1] if a.dim() >= 2 else 0
@@ -234,6 +235,18 @@ def _unit_target(
         y, x0 = divmod(flat, w)
     info["map_position"] = [int(y), int(x0)]
     return (lambda x: net.activations(x, [layer])[layer][:, unit, y, x0]), info
+
+
+def _check_reaches(net: Network, layer: str, image: torch.Tensor) -> None:
+    """The image must be large enough for ``layer`` to give an output (at least its receptive field)."""
+    h, w = image.shape[-2:]
+    if net.output_shape(layer, (h, w)):
+        return
+    rf = net.receptive_field(layer).size
+    raise DiversevisError(
+        f"the {h}x{w} px image is smaller than what {net.display_name(layer)} needs (receptive field "
+        f"{rf} px): it gives no output; use a larger image (CLI: --image-size {max(rf, 2 * rf)})"
+    )
 
 
 def _class_target(
