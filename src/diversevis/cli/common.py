@@ -30,6 +30,8 @@ __all__ = [
     "positive_int",
     "nonneg_int",
     "positive_float",
+    "fraction",
+    "add_floor_args",
     "nonneg_float",
     "unit_float",
     "add_model_args",
@@ -82,6 +84,24 @@ nonneg_int = number(int, lambda v: v >= 0, ">= 0")
 positive_float = number(float, lambda v: v > 0, "> 0")
 nonneg_float = number(float, lambda v: v >= 0, ">= 0")
 unit_float = number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+fraction = number(float, lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def add_floor_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--floor`` and ``--mean-floor`` (floor-mode DFV, :mod:`diversevis.methods.floor`) to ``p``."""
+    p.add_argument(
+        "--floor",
+        type=fraction,
+        default=None,
+        help="floor mode: maximise diversity with every image at >= FLOOR x the MEI's activation "
+        "(e.g. 0.85; replaces the weight --diversity; needs the MEI)",
+    )
+    p.add_argument(
+        "--mean-floor",
+        type=fraction,
+        default=None,
+        help="floor mode: also hold the set's mean activation at >= MEAN_FLOOR x the MEI (e.g. 0.9)",
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from diversevis.cli.common import (
     add_crop_arg,
+    add_floor_args,
     add_model_args,
     add_optim_args,
     add_precision_arg,
@@ -68,6 +70,7 @@ def add_diverse_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         help=f"restarts of the MEI used for the activation ratios (default: {DiverseSettings.mei_restarts})",
     )
     p.add_argument("--no-mei", action="store_true", help="skip the MEI (no ratios)")
+    add_floor_args(p)
     add_crop_arg(p, "images")
     add_optim_args(p)
     add_precision_arg(p)
@@ -130,6 +133,7 @@ def _print_summary(res, command: str, out) -> None:
     )
     if m["ratios"] is not None and command == "diverse":
         print(f"  ratio to MEI: min {m['min_ratio']:.3f}, mean {m['mean_ratio']:.3f}")
+    _print_floor(spec)
     _print_shown(m)
     if m["min_distance"] is not None:
         where = spec.get("distance_layer") or "pixels"
@@ -138,6 +142,17 @@ def _print_summary(res, command: str, out) -> None:
         )
     _print_dead(spec)
     print(f"  wrote {out / 'grid.png'}, {out / 'images.npz'}, {out / 'result.json'}")
+
+
+def _print_floor(spec: dict) -> None:
+    """Floor mode: whether every image is at the floor; on stderr, loudly, when it is not."""
+    if spec.get("mode") != "floor":
+        return
+    if spec.get("floor_holds"):
+        mean = f", mean floor {spec['mean_floor']:g}" if spec.get("mean_floor") is not None else ""
+        print(f"  floor {spec['floor']:g}{mean}: holds for every image")
+    else:
+        print(f"diversevis: warning: floor not met: {spec.get('floor_failure')}", file=sys.stderr)
 
 
 def _print_dead(spec: dict) -> None:

@@ -15,6 +15,7 @@ once: :mod:`diversevis.methods.dfv_units`.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from diversevis.core.result import Result
 from diversevis.core.spec import versions  # noqa: F401 (imported from here by older code)
 from diversevis.methods.dead_starts import alive_starts, dead_images, dead_unit_message, starts_spec
 from diversevis.methods.dfv_units import diverse_units, mei_units
+from diversevis.methods.floor import FloorConstraint, floor_constraint, floor_spec
 from diversevis.methods.problem import (
     Problem,
     _common_spec,  # noqa: F401 (imported from here by older code)
@@ -167,6 +169,8 @@ def diverse(
     mei: bool | float | Result = True,
     mei_restarts: int = DiverseSettings.mei_restarts,
     images: str | Path | None = DiverseSettings.images,
+    floor: float | None = DiverseSettings.floor,
+    mean_floor: float | None = DiverseSettings.mean_floor,
     progress: bool = False,
     callbacks: Iterable[Callback] = (),
     prior: Any = None,
@@ -218,6 +222,13 @@ def diverse(
         :class:`Result` supplies the MEI activation; ``False`` skips it.
     images : str or Path, optional
         Folder of natural images for the contrast statistics (default: the bundled photos).
+    floor : float, optional
+        Floor mode (:mod:`diversevis.methods.floor`): maximise the diversity term subject to every
+        image reaching ``floor`` times the MEI's activation at the same contrast (e.g. 0.85); lambda
+        (``diversity``) is then unused. Needs the MEI. ``spec["floor_holds"]`` says whether the
+        returned set meets the floor (within 0.005); when it does not, a warning says why.
+    mean_floor : float, optional
+        In floor mode, also hold the set's mean activation at ``mean_floor`` times the MEI (e.g. 0.9).
     progress : bool
         Show progress bars.
     callbacks : iterable of callables
@@ -298,7 +309,8 @@ def run_diverse(
         generator=torch.Generator().manual_seed(s.seed),
         device=net.device,
     )
-    loss_fn = _diverse_loss(prob, s, prior_model)
+    floor = floor_constraint(s, [mei_act], net.device)
+    loss_fn = _diverse_loss(prob, s, prior_model, floor)
     label = f"diverse {net.display_name(layer)}:{unit if unit is not None else 'dir'}"
     values = lambda x: prob.evaluate(x, need_features=False)[0]  # noqa: E731
     context, redraws, redirected = alive_starts(param, values, s.seed, s.n_images, net.module)
@@ -312,10 +324,16 @@ def run_diverse(
             callbacks=callbacks,
         )
     opt = stop.opt or opt
+    found = None
+    if floor is not None:  # the most diverse set with every image at the floor (or the last one)
+        images, found = floor.images(0)
+        opt = dataclasses.replace(opt, images=images)
     with torch.no_grad():
         acts, feats = prob.evaluate(opt.images)
     spec = {**s.spec(mei_computed=mei is True), **starts_spec(redraws, redirected), **dead_images(acts)}
     spec.update(stop.spec)
+    if floor is not None:
+        spec.update(floor_spec(s, acts / mei_act, found, layer, unit))
     if mei_res is not None and mei_res.spec.get("dead_unit"):
         spec["dead_unit"] = mei_res.spec["dead_unit"]
     if prior_model is not None:
@@ -323,13 +341,21 @@ def run_diverse(
     return stop.finish(_diverse_result(prob, opt, acts, feats, mei_res, mei_act, spec))
 
 
-def _diverse_loss(prob: Problem, s: DiverseSettings, prior_model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``-(mean activation + lambda * diversity + beta * prior log-likelihood)`` of a set of images."""
+def _diverse_loss(
+    prob: Problem, s: DiverseSettings, prior_model, floor: FloorConstraint | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``-(mean activation + lambda * diversity + beta * prior log-likelihood)`` of a set of images;
+    in floor mode ``-diversity / D_0`` plus the floor's augmented-Lagrangian penalty instead."""
+    group = torch.zeros(1, dtype=torch.long, device=prob.net.device)
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        p, f = prob.evaluate(x, need_features=s.diversity > 0)
-        loss = -p.mean()
-        if s.diversity > 0:
+        p, f = prob.evaluate(x, need_features=s.diversity > 0 or floor is not None)
+        if floor is not None:
+            d = diversity_value(f, s.distance, s.tau).view(1)
+            loss = floor.loss(x, p.view(1, -1), d, group)[0]
+        else:
+            loss = -p.mean()
+        if s.diversity > 0 and floor is None:
             loss = loss - s.diversity * diversity_value(f, s.distance, s.tau)
         if prior_model is not None:
             loss = loss - s.prior_weight * prior_model.log_prob(x.clamp(0, 1)).sum()

@@ -8,6 +8,7 @@ one-unit path (bit for bit on CPU).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from diversevis.core.optimize import OptimizeResult, optimize_groups
 from diversevis.core.params import PixelImage
 from diversevis.core.result import Result
 from diversevis.methods.dead_starts import alive_starts, dead_images, starts_spec
+from diversevis.methods.floor import floor_constraint, floor_spec
 from diversevis.methods.problem import (
     Problem,
     _check_units,
@@ -114,6 +116,8 @@ def diverse_units(
     mei: bool | Sequence[Result] | Sequence[float] = True,
     mei_restarts: int = DiverseSettings.mei_restarts,
     images: str | Path | None = DiverseSettings.images,
+    floor: float | None = DiverseSettings.floor,
+    mean_floor: float | None = DiverseSettings.mean_floor,
     progress: bool = False,
 ) -> list[Result]:
     """:func:`~diversevis.diverse` for many units of one layer, optimised together in one batch.
@@ -150,24 +154,34 @@ def run_diverse_units(
     prob = _unit_problem(net, layer, units[0], s.contrast, s.norm, s.distance_layer, s.images)
     prob.check_distance(s.distance)
     meis = _unit_meis(net, layer, units, s, prob.norm, mei, progress)
+    mei_acts = [resolve_mei(m, lambda: None)[1] for m in meis]
+    floor = floor_constraint(s, mei_acts, net.device)
     N = s.n_images
+    need_features = s.diversity > 0 or floor is not None
 
     def loss_fn(x: torch.Tensor, groups: torch.Tensor, unit_t: torch.Tensor) -> torch.Tensor:
-        a, f = prob.read(x, need_features=s.diversity > 0)
+        a, f = prob.read(x, need_features=need_features)
         uidx = unit_t[groups].repeat_interleave(N)
-        loss = -a[torch.arange(len(x), device=x.device), uidx].view(-1, N).mean(1)
-        if s.diversity > 0:
-            loss = loss - s.diversity * diversity_value(f.reshape(-1, N, *f.shape[1:]), s.distance, s.tau)
-        return loss
+        a = a[torch.arange(len(x), device=x.device), uidx].view(-1, N)
+        d = diversity_value(f.reshape(-1, N, *f.shape[1:]), s.distance, s.tau) if need_features else None
+        if floor is not None:
+            return floor.loss(x, a, d, groups)
+        return -a.mean(1) - s.diversity * d if s.diversity > 0 else -a.mean(1)
 
     runs, starts = _optimize_units(prob, units, N, s, loss_fn, f"diverse {net.display_name(layer)}", progress)
     spec = s.spec(mei_computed=mei is True)
     out = []
-    for u, opt, m, st in zip(units, runs, meis, starts):
+    for g, (u, opt, m, st) in enumerate(zip(units, runs, meis, starts)):
         mei_res, mei_act = resolve_mei(m, lambda: None)
+        found = None
+        if floor is not None:
+            images, found = floor.images(g)
+            opt = dataclasses.replace(opt, images=images)
         with torch.no_grad():
             a, feats = prob.read(opt.images)
         extra = {**st, **dead_images(a[:, u]), "unit": u, "batched_units": len(units)}
+        if floor is not None:
+            extra.update(floor_spec(s, a[:, u] / mei_act, found, layer, u))
         out.append(_diverse_result(prob, opt, a[:, u], feats, mei_res, mei_act, spec, **extra))
     return out
 

@@ -89,6 +89,8 @@ class DiverseSettings(Settings):
     mei_restarts: int = 4
     prior_weight: float = 0.0
     crop: str = "nominal"
+    floor: float | None = None
+    mean_floor: float | None = None
 
     def check(self) -> None:
         check_fields(self, ints=[("n_images", 2, IMAGES_MAX)])  # a set: at least two images
@@ -97,12 +99,18 @@ class DiverseSettings(Settings):
                 f"unknown distance {self.distance!r}; choose one of {', '.join(DIVERSITIES)}"
             )
         _check_crop(self.crop)
+        _check_floor(self)
         check_fields(
             self,
             ints=[("mei_restarts", 1)],
             floats=[("diversity", 0.0), ("prior_weight", 0.0), ("tau", 0.0, math.inf, True)],
         )
         _check_common(self)
+
+    @property
+    def mode(self) -> str:
+        """``"floor"`` (an activation floor) or ``"lambda"`` (a diversity weight)."""
+        return "lambda" if self.floor is None else "floor"
 
     def mei_settings(self, norm: float | None = None) -> MEISettings:
         """The settings of the MEI this set is compared with (same contrast, loop and seed)."""
@@ -118,6 +126,11 @@ class DiverseSettings(Settings):
         del out["distance_layer"], out["prior_weight"]
         out["tau"] = self.tau if self.distance == "softmin" else None
         out["mei_restarts"] = self.mei_restarts if mei_computed else None
+        out["mode"] = self.mode
+        if self.floor is None:
+            del out["floor"], out["mean_floor"]
+        else:
+            out["diversity"] = None  # lambda is not used in floor mode
         return out
 
 
@@ -164,6 +177,20 @@ class ShiftSettings(Settings):
 
 #: How images are sized: the unit's nominal receptive field, or its effective one.
 CROPS = ("nominal", "effective")
+
+
+def _check_floor(s: DiverseSettings) -> None:
+    """``floor`` in (0, 1] (or ``None``); ``mean_floor`` in [floor, 1] and only with a floor."""
+    check_fields(
+        s,
+        floats=[("floor", 0.0, 1.0, True), ("mean_floor", 0.0, 1.0, True)],
+        optional=["floor", "mean_floor"],
+    )
+    if s.mean_floor is not None and (s.floor is None or s.mean_floor < s.floor):
+        raise DiversevisError(
+            f"mean_floor ({s.mean_floor:g}) needs a floor at or below it (got floor={s.floor}); e.g. "
+            "floor=0.85, mean_floor=0.9"
+        )
 
 
 def _check_crop(crop: str) -> None:

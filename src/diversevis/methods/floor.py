@@ -1,0 +1,192 @@
+"""Activation-floor DFV: maximise diversity subject to every image driving the unit to a floor x MEI.
+
+Lambda-mode DFV trades activation against diversity with a weight whose scale depends on the network
+and layer; floor mode (Ding, ..., Cadena, Ecker, Tolias; LAMINR's activity requirements) fixes the
+activation instead: every image ``i`` of a group must reach ``a_i >= floor * a_MEI`` (optionally the
+group's mean ``>= mean_floor * a_MEI``) and the diversity term ``D`` is maximised under that.
+
+It is solved with an augmented Lagrangian (Powell-Hestenes-Rockafellar form for inequalities), one
+multiplier ``mu_i`` per image and one ``nu`` per group for the mean, inside the shared loop:
+
+    g_i  = (floor + margin) - a_i / a_MEI                        (violation, > 0 when below the floor)
+    loss = -D / D_0 + sum_i (max(0, mu_i + rho g_i)^2 - mu_i^2) / (2 rho)  [+ the same for the mean]
+    mu_i <- max(0, mu_i + eta g_i)                                (after every step, no gradient)
+
+``D_0`` is the diversity of the starting images (so the objective is scale-free), ``margin`` keeps
+the iterates slightly above the floor. The loop's best-loss iterate is meaningless while the
+multipliers move, so :class:`FloorConstraint` also keeps each group's *most diverse feasible* iterate
+(every image at ``>= floor``, mean at ``>= mean_floor``); a group that never becomes feasible keeps
+its last iterate and is reported as failing the floor, never silently.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from diversevis.core.errors import DiversevisError
+from diversevis.methods.settings import DiverseSettings
+
+__all__ = ["FloorConstraint", "floor_report", "floor_constraint", "floor_spec", "FLOOR_TOLERANCE"]
+
+#: How far below the floor a reported image may be and the floor still count as held.
+FLOOR_TOLERANCE = 0.005
+
+
+@dataclass
+class FloorConstraint:
+    """Multipliers, penalty and best feasible iterate of ``G`` groups of ``N`` images.
+
+    Parameters
+    ----------
+    floor : float
+        Every image's activation must be ``>= floor * mei`` (a fraction, e.g. 0.85).
+    mei : torch.Tensor
+        ``(G,)`` the MEI activation of each group's unit (> 0).
+    n_images : int
+        Images per group ``N``.
+    mean_floor : float, optional
+        The group's mean activation must be ``>= mean_floor * mei``.
+    rho, eta : float
+        Penalty parameter and multiplier step.
+    margin : float
+        The optimisation aims at ``floor + margin`` so that the result is above ``floor``.
+    """
+
+    floor: float
+    mei: torch.Tensor
+    n_images: int
+    mean_floor: float | None = None
+    rho: float = 10.0
+    eta: float = 1.0
+    margin: float = 0.01
+    mu: torch.Tensor = field(init=False)
+    nu: torch.Tensor = field(init=False)
+    d0: torch.Tensor = field(init=False)
+    best_d: torch.Tensor = field(init=False)
+    best_images: torch.Tensor | None = field(init=False, default=None)
+    last_images: torch.Tensor | None = field(init=False, default=None)
+    best_ratio: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not bool((self.mei > 0).all()) or not bool(torch.isfinite(self.mei).all()):
+            raise DiversevisError(
+                "floor mode needs a positive, finite MEI activation for every unit (an MEI at or below 0 "
+                "means no image drives the unit); use lambda mode (floor=None) or target the pre-activation"
+            )
+        G, N = len(self.mei), self.n_images
+        kw = {"device": self.mei.device, "dtype": self.mei.dtype}
+        self.mu = torch.zeros(G, N, **kw)
+        self.nu = torch.zeros(G, **kw)
+        self.d0 = torch.full((G,), math.nan, **kw)
+        self.best_d = torch.full((G,), -math.inf, **kw)
+        self.best_ratio = torch.full((G,), -math.inf, **kw)
+
+    def loss(self, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """The groups' losses ``(B,)``; also steps the multipliers and keeps the best feasible iterate.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B * N, C, H, W)`` the images of the groups in the batch.
+        a : torch.Tensor
+            ``(B, N)`` their activations.
+        d : torch.Tensor
+            ``(B,)`` each group's diversity (the term being maximised).
+        groups : torch.Tensor
+            ``(B,)`` long, the original group indices.
+        """
+        with torch.no_grad():
+            fresh = torch.isnan(self.d0[groups])
+            self.d0[groups] = torch.where(fresh, d.detach().abs().clamp_min(1e-12), self.d0[groups])
+        r = a / self.mei[groups, None]
+        mu, nu = self.mu[groups], self.nu[groups]
+        g = (self.floor + self.margin) - r
+        pen = ((mu + self.rho * g).clamp_min(0) ** 2 - mu**2).sum(1) / (2 * self.rho)
+        if self.mean_floor is not None:
+            gm = (self.mean_floor + self.margin) - r.mean(1)
+            pen = pen + ((nu + self.rho * gm).clamp_min(0) ** 2 - nu**2) / (2 * self.rho)
+        self._step(x, r.detach(), d.detach(), groups, g.detach())
+        return -d / self.d0[groups] + pen
+
+    @torch.no_grad()
+    def _step(self, x: torch.Tensor, r: torch.Tensor, d: torch.Tensor, groups: torch.Tensor, g) -> None:
+        """Multiplier step and the bookkeeping of the most diverse feasible iterate."""
+        self.mu[groups] = (self.mu[groups] + self.eta * g).clamp_min(0)
+        if self.mean_floor is not None:
+            gm = (self.mean_floor + self.margin) - r.mean(1)
+            self.nu[groups] = (self.nu[groups] + self.eta * gm).clamp_min(0)
+        grouped = x.detach().reshape(len(groups), self.n_images, *x.shape[1:])
+        if self.best_images is None:
+            self.best_images = torch.zeros(len(self.mei), *grouped.shape[1:], device=x.device, dtype=x.dtype)
+            self.last_images = torch.zeros_like(self.best_images)
+        self.last_images[groups] = grouped
+        ok = self.feasible(r)
+        better = ok & (d > self.best_d[groups])
+        self.best_d[groups] = torch.where(better, d, self.best_d[groups])
+        self.best_images[groups] = torch.where(better.view(-1, 1, 1, 1, 1), grouped, self.best_images[groups])
+        self.best_ratio[groups] = torch.maximum(self.best_ratio[groups], r.min(1).values)
+
+    def feasible(self, r: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` whether every image's ratio (``(B, N)``) is at the floor (and the mean at its floor)."""
+        ok = (r >= self.floor).all(1)
+        if self.mean_floor is not None:
+            ok = ok & (r.mean(1) >= self.mean_floor)
+        return ok
+
+    def images(self, group: int) -> tuple[torch.Tensor, bool]:
+        """Group ``group``'s result: its most diverse feasible images, or its last ones; and whether feasible."""
+        found = bool(torch.isfinite(self.best_d[group]))
+        source = self.best_images if found else self.last_images
+        return source[group].clone(), found
+
+
+def floor_report(
+    ratios: torch.Tensor, floor: float, mean_floor: float | None, *, found: bool
+) -> dict[str, object]:
+    """Run-spec entries saying whether the floor holds for a set's reported ratios ``(N,)``.
+
+    ``floor_holds`` is true when every ratio is ``>= floor - FLOOR_TOLERANCE`` (and the mean
+    ``>= mean_floor - FLOOR_TOLERANCE``); otherwise ``floor_failure`` says by how much and why.
+    """
+    rmin, rmean = float(ratios.min()), float(ratios.mean())
+    holds = rmin >= floor - FLOOR_TOLERANCE and (mean_floor is None or rmean >= mean_floor - FLOOR_TOLERANCE)
+    out: dict[str, object] = {"floor_holds": bool(holds), "floor_tolerance": FLOOR_TOLERANCE}
+    if not holds:
+        why = (
+            "no iterate had every image at the floor; raise max_iter or lower the floor"
+            if not found
+            else "the images measured again fell below the floor"
+        )
+        out["floor_failure"] = (
+            f"min ratio {rmin:.3f} (mean {rmean:.3f}) is below the floor {floor:g}"
+            + (f" / mean floor {mean_floor:g}" if mean_floor is not None else "")
+            + f": {why}"
+        )
+    return out
+
+
+def floor_constraint(s: DiverseSettings, meis: Sequence[float | None], device) -> FloorConstraint | None:
+    """The activity floor of floor mode (``None`` in lambda mode); it needs every unit's MEI."""
+    if s.floor is None:
+        return None
+    if any(m is None for m in meis):
+        raise DiversevisError(
+            "floor mode holds every image at a fraction of the MEI's activation, so it needs the MEI: "
+            "pass mei=True (CLI: drop --no-mei), an MEI Result or its activation"
+        )
+    mei_t = torch.tensor([float(m) for m in meis], device=device)
+    return FloorConstraint(s.floor, mei_t, s.n_images, mean_floor=s.mean_floor)
+
+
+def floor_spec(s: DiverseSettings, ratios: torch.Tensor, found: bool, layer: str, unit) -> dict[str, Any]:
+    """Whether the floor holds for the reported set; a loud warning when it does not."""
+    out = floor_report(ratios, s.floor, s.mean_floor, found=found)
+    if not out["floor_holds"]:
+        warnings.warn(f"{layer} unit {unit}: {out['floor_failure']}", RuntimeWarning, stacklevel=5)
+    return out
