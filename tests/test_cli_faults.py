@@ -55,7 +55,9 @@ def full_disk(tmp_path):
     """A 48 KiB tmpfs with 4 KiB free (root only; the injected ENOSPC below covers the other cases)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(disk)], capture_output=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(disk)], capture_output=True
+    )
     if mount.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (the injected-ENOSPC test covers a full disk)")
     try:
@@ -67,7 +69,9 @@ def full_disk(tmp_path):
 
 def test_a_full_disk_is_one_line_naming_the_output_and_leaves_no_partial_file(full_disk, capsys):
     out = full_disk / "run"
-    rc, err = run(capsys, ["diverse", *MEI[1:7], "--images", "3", "--max-iter", "3", "--quiet", "--out", str(out)])
+    rc, err = run(
+        capsys, ["diverse", *MEI[1:7], "--images", "3", "--max-iter", "3", "--quiet", "--out", str(out)]
+    )
     assert rc == EXIT_ENVIRONMENT and len(err) == 1
     assert "No space left on device" in err[0] and str(full_disk) in err[0]
     assert not list(full_disk.rglob("*.tmp"))

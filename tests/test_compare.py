@@ -43,6 +43,16 @@ def test_compare_two_sweeps_writes_table_figure_and_json(two_sweeps, capsys):
     assert pair["a"]["median_f1_f0"] == pytest.approx(pair["b"]["median_f1_f0"], rel=1e-3)
     assert (two_sweeps / "c" / "compare.png").stat().st_size > 1000
     assert "| 3 / 3 | conv1_1 | conv1_1 |" in capsys.readouterr().out
+    # floor mode by default: the calibrated diversity index is compared, and with it the same network
+    # (up to a per-channel scale) gives the same index
+    assert pair["a"]["median_di"] == pytest.approx(pair["b"]["median_di"], abs=0.05)
+    assert pair["a"]["frac_not_driven"] is not None
+
+
+def test_complex_like_counts_only_units_gratings_drive():
+    labels = ["complex-like", "simple-like", "gratings do not drive this unit", "complex-like"]
+    s = LayerSummary("l", 10, 4, phase_labels=labels).stats()
+    assert s["frac_complex_like"] == pytest.approx(2 / 3) and s["frac_not_driven"] == pytest.approx(0.25)
 
 
 def test_compare_rejects_bad_inputs(tmp_path, two_sweeps):

@@ -155,6 +155,12 @@ def test_a_missing_png_is_shown_as_a_marker_not_a_broken_image(store, tmp_path):
     assert 'class="missing"' not in (out / "unit-conv1_1-u0.html").read_text(encoding="utf-8")
 
 
+def test_the_report_shows_the_diversity_index_and_phase_labels(report):
+    index = report.read_text(encoding="utf-8")
+    assert 'data-key="di"' in index and "diversity index (pixels)" in index
+    assert "of units gratings drive" in index and "not driven by gratings" in index
+
+
 def test_a_failed_unit_is_shown_with_its_reason_not_as_missing_files(store, tmp_path):
     src = _copy(store, tmp_path)
     reason = "non-finite loss at iteration 3 (a NaN weight in the model?)"
@@ -268,7 +274,7 @@ def test_report_in_headless_chromium(report):
             page.goto(report.as_uri())
 
             assert page.locator("#units tbody tr").count() == len(UNITS)
-            assert _images_load(page) == 3  # the three histograms
+            assert _images_load(page) == 4  # the four histograms (DI, DFV ratio and distance, F1/F0)
             # click-to-sort on a numeric column: ascending, then descending; rows move as a whole
             before = dict(zip(_column(page, "unit"), _column(page, "mei_activation")))
             assert len(set(before.values())) == len(UNITS)
@@ -293,7 +299,7 @@ def test_report_in_headless_chromium(report):
             page.locator("nav.crumbs a", has_text="conv1_1").click()
             page.wait_for_load_state("load")
             assert page.locator(".gallery .card").count() == len(UNITS)
-            assert _images_load(page) == 3 + 2 * len(UNITS)  # histograms + MEI and diverse grid per unit
+            assert _images_load(page) == 4 + 2 * len(UNITS)  # histograms + MEI and diverse grid per unit
         finally:
             browser.close()
     assert not errors, errors

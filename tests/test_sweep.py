@@ -129,6 +129,8 @@ def test_rerun_with_other_settings_is_refused_unless_forced(tmp_path, capsys):
         "20",
         "--tests",
         "dfv",
+        "--floor",
+        "none",  # lambda mode: --diversity is used
         "--out",
         out,
         "--quiet",
@@ -207,3 +209,26 @@ def test_a_unit_no_image_drives_is_flagged_and_its_ratio_tests_skipped(tmp_path)
     assert "dfv_min_ratio" not in dead and "shift_min_ratio" not in dead and "f1_f0" not in dead
     live = rows[0]["metrics"]
     assert "unresponsive" not in live and live["dfv_min_ratio"] > 0.5 and "shift_min_ratio" in live
+
+
+def test_a_default_sweep_runs_floor_mode_and_stores_the_diversity_index(tmp_path, vgg16_paper):
+    store = sweep(
+        vgg16_paper, ["conv1_1"], "0-1", out=tmp_path / "s", max_iter=200, tests=("dfv",), progress=False
+    )
+    settings = store.get_meta("settings")
+    assert settings["floor"] == 0.85
+    for row in store.rows():
+        m = row["metrics"]
+        assert m["floor_holds"] is True and m["dfv_min_ratio"] >= 0.85 - 0.005
+        assert isinstance(m["di"], float) and row["spec"]["diverse"]["mode"] == "floor"
+    store.close()
+
+
+def test_a_lambda_mode_store_says_how_to_resume_it(tmp_path, vgg16_paper, capsys):
+    out = str(tmp_path / "s")
+    args = ["sweep", "-m", "vgg16-paper", "--layers", "conv1_1", "--units", "0", "--tests", "dfv",
+            "--max-iter", "20", "--quiet", "--out", out]  # fmt: skip
+    assert main([*args, "--floor", "none"]) == 0
+    assert main(args) == 2
+    assert "resume it with --floor none" in capsys.readouterr().err
+    assert main([*args, "--floor", "none"]) == 0

@@ -16,7 +16,9 @@ from diversevis.core.receptive import ReceptiveField
 from diversevis.core.result import Result
 from diversevis.methods.baselines import Comparison, compare_baselines, participation_ratio, set_metrics
 from diversevis.methods.dfv import diverse, diverse_units, mei, mei_units
+from diversevis.methods.mei_phase import MEIPhaseResult, mei_phase_test, shift_dominant_phase
 from diversevis.methods.phase import PhaseResult, grating, modulation_ratio, phase_test
+from diversevis.methods.retention import RetentionResult, response_retention
 from diversevis.methods.shift import ShiftResult, shift_test
 from diversevis.models.zoo import list_models, load_model
 
@@ -66,6 +68,11 @@ __all__ = [
     "shift_test",
     "ShiftResult",
     "phase_test",
+    "mei_phase_test",
+    "MEIPhaseResult",
+    "shift_dominant_phase",
+    "response_retention",
+    "RetentionResult",
     "PhaseResult",
     "grating",
     "modulation_ratio",

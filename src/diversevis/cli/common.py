@@ -31,6 +31,7 @@ __all__ = [
     "nonneg_int",
     "positive_float",
     "fraction",
+    "floor_or_none",
     "add_floor_args",
     "nonneg_float",
     "unit_float",
@@ -85,6 +86,11 @@ positive_float = number(float, lambda v: v > 0, "> 0")
 nonneg_float = number(float, lambda v: v >= 0, ">= 0")
 unit_float = number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 fraction = number(float, lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def floor_or_none(s: str) -> float | None:
+    """``--floor``: a fraction in (0, 1], or ``none`` for lambda mode."""
+    return None if s.strip().lower() in ("none", "lambda", "off") else fraction(s)
 
 
 def add_floor_args(p: argparse.ArgumentParser) -> None:

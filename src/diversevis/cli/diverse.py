@@ -140,8 +140,22 @@ def _print_summary(res, command: str, out) -> None:
         print(
             f"  min pairwise RMS distance ({where}): {m['min_distance']:.4g}, mean {m['mean_distance']:.4g}"
         )
+    _print_index(spec)
     _print_dead(spec)
     print(f"  wrote {out / 'grid.png'}, {out / 'images.npz'}, {out / 'result.json'}")
+
+
+def _print_index(spec: dict) -> None:
+    """The calibrated diversity index (0: a simple cell, 1: a complex cell under the same settings)."""
+    di = spec.get("diversity_index")
+    if not isinstance(di, dict) or di.get("di") is None:
+        return
+    cal = spec.get("di_calibration") or {}
+    line = f"  diversity index (0 simple, 1 complex; floor {cal.get('floor', '?')}): pixels {di['di']:.2f}"
+    line += f" (min {di['di_min']:.2f})" if di.get("di_min") is not None else ""
+    if di.get("di_feature") is not None:
+        line += f", {spec.get('distance_layer')} {di['di_feature']:.2f}"
+    print(line)
 
 
 def _print_floor(spec: dict) -> None:

@@ -11,6 +11,8 @@ from diversevis.cli.common import (
     add_contrast_args,
     add_model_args,
     add_precision_arg,
+    floor_or_none,
+    fraction,
     load,
     nonneg_float,
     positive_int,
@@ -42,7 +44,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--units", default="all", help="all, a range 0-63, a list 1,5,9, or sample:32 (default: all)"
     )
     p.add_argument("--images", "-n", type=positive_int, default=6, help="images per diverse set (default: 6)")
-    p.add_argument("--diversity", type=nonneg_float, default=0.01, help="DFV lambda (default: 0.01)")
+    p.add_argument(
+        "--diversity", type=nonneg_float, default=0.01, help="DFV lambda, lambda mode only (default: 0.01)"
+    )
+    p.add_argument(
+        "--floor",
+        type=floor_or_none,
+        default=SweepSettings.floor,
+        help=f"floor mode: every image at >= FLOOR x its MEI (default: {SweepSettings.floor}); "
+        "'none': lambda mode (--diversity)",
+    )
+    p.add_argument(
+        "--mean-floor", type=fraction, default=None, help="floor mode: the set's mean at >= MEAN_FLOOR x MEI"
+    )
     p.add_argument(
         "--distance-layer",
         default="auto",

@@ -171,6 +171,7 @@ class Result:
             "mean_distance": _finite_or_none(self.mean_distance),
             "n_iter": self.spec.get("n_iter"),
             "seconds": self.spec.get("seconds"),
+            **_index_metrics(self.spec.get("diversity_index")),
             **self.shown_metrics(),
         }
 
@@ -246,6 +247,13 @@ class Result:
             shown_mei_activation=meta["metrics"].get("shown_mei_activation"),
             clipped_fraction=meta["metrics"].get("clipped_fraction"),
         )
+
+
+def _index_metrics(di: Any) -> dict[str, float | None]:
+    """The calibrated diversity index entries of a diverse set's spec, if it has them."""
+    if not isinstance(di, dict):
+        return {}
+    return {k: di.get(k) for k in ("di", "di_min", "di_feature", "di_feature_min") if k in di}
 
 
 def _finite_or_none(v: float) -> float | None:

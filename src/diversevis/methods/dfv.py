@@ -32,6 +32,7 @@ from diversevis.core.result import Result
 from diversevis.core.spec import versions  # noqa: F401 (imported from here by older code)
 from diversevis.methods.dead_starts import alive_starts, dead_images, dead_unit_message, starts_spec
 from diversevis.methods.dfv_units import diverse_units, mei_units
+from diversevis.methods.diversity_index import index_spec
 from diversevis.methods.floor import FloorConstraint, floor_constraint, floor_spec
 from diversevis.methods.problem import (
     Problem,
@@ -171,6 +172,7 @@ def diverse(
     images: str | Path | None = DiverseSettings.images,
     floor: float | None = DiverseSettings.floor,
     mean_floor: float | None = DiverseSettings.mean_floor,
+    calibrate: bool = DiverseSettings.calibrate,
     progress: bool = False,
     callbacks: Iterable[Callback] = (),
     prior: Any = None,
@@ -229,6 +231,11 @@ def diverse(
         returned set meets the floor (within 0.005); when it does not, a warning says why.
     mean_floor : float, optional
         In floor mode, also hold the set's mean activation at ``mean_floor`` times the MEI (e.g. 0.9).
+    calibrate : bool
+        Report the calibrated diversity index (``spec["diversity_index"]``: ``di``, ``di_min`` in
+        pixels, ``di_feature``, ``di_feature_min`` in the distance layer; 0 = a simple cell, 1 = an
+        energy-model complex cell under the same settings; :mod:`diversevis.methods.diversity_index`).
+        The reference cells are optimised once per setting and cached (needs the MEI).
     progress : bool
         Show progress bars.
     callbacks : iterable of callables
@@ -333,7 +340,9 @@ def run_diverse(
     spec = {**s.spec(mei_computed=mei is True), **starts_spec(redraws, redirected), **dead_images(acts)}
     spec.update(stop.spec)
     if floor is not None:
-        spec.update(floor_spec(s, acts / mei_act, found, layer, unit))
+        spec.update(floor_spec(s, acts, mei_act, found, layer, unit))
+    ratios = acts / mei_act if mei_act is not None and mei_act > 0 else None
+    spec.update(index_spec(prob, s, opt.images, feats, ratios, progress=progress))
     if mei_res is not None and mei_res.spec.get("dead_unit"):
         spec["dead_unit"] = mei_res.spec["dead_unit"]
     if prior_model is not None:

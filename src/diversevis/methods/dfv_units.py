@@ -22,6 +22,7 @@ from diversevis.core.optimize import OptimizeResult, optimize_groups
 from diversevis.core.params import PixelImage
 from diversevis.core.result import Result
 from diversevis.methods.dead_starts import alive_starts, dead_images, starts_spec
+from diversevis.methods.diversity_index import index_spec
 from diversevis.methods.floor import floor_constraint, floor_spec
 from diversevis.methods.problem import (
     Problem,
@@ -118,6 +119,7 @@ def diverse_units(
     images: str | Path | None = DiverseSettings.images,
     floor: float | None = DiverseSettings.floor,
     mean_floor: float | None = DiverseSettings.mean_floor,
+    calibrate: bool = DiverseSettings.calibrate,
     progress: bool = False,
 ) -> list[Result]:
     """:func:`~diversevis.diverse` for many units of one layer, optimised together in one batch.
@@ -181,7 +183,9 @@ def run_diverse_units(
             a, feats = prob.read(opt.images)
         extra = {**st, **dead_images(a[:, u]), "unit": u, "batched_units": len(units)}
         if floor is not None:
-            extra.update(floor_spec(s, a[:, u] / mei_act, found, layer, u))
+            extra.update(floor_spec(s, a[:, u], mei_act, found, layer, u))
+        ratios = a[:, u] / mei_act if mei_act is not None and mei_act > 0 else None
+        extra.update(index_spec(prob, s, opt.images, feats, ratios, progress=progress))
         out.append(_diverse_result(prob, opt, a[:, u], feats, mei_res, mei_act, spec, **extra))
     return out
 

@@ -180,13 +180,29 @@ def floor_constraint(s: DiverseSettings, meis: Sequence[float | None], device) -
             "floor mode holds every image at a fraction of the MEI's activation, so it needs the MEI: "
             "pass mei=True (CLI: drop --no-mei), an MEI Result or its activation"
         )
-    mei_t = torch.tensor([float(m) for m in meis], device=device)
+    # a unit no image drives (MEI <= 0) has no floor: it runs against a stand-in and is reported failing
+    mei_t = torch.tensor([float(m) if _drives(m) else 1.0 for m in meis], device=device)
     return FloorConstraint(s.floor, mei_t, s.n_images, mean_floor=s.mean_floor)
 
 
-def floor_spec(s: DiverseSettings, ratios: torch.Tensor, found: bool, layer: str, unit) -> dict[str, Any]:
-    """Whether the floor holds for the reported set; a loud warning when it does not."""
-    out = floor_report(ratios, s.floor, s.mean_floor, found=found)
+def _drives(mei: float) -> bool:
+    return math.isfinite(float(mei)) and float(mei) > 0
+
+
+def floor_spec(
+    s: DiverseSettings, acts: torch.Tensor, mei: float, found: bool, layer: str, unit
+) -> dict[str, Any]:
+    """Whether the floor holds for the reported set (activations ``(N,)``, its unit's MEI activation);
+    a loud warning when it does not."""
+    if _drives(mei):
+        out = floor_report(acts / mei, s.floor, s.mean_floor, found=found)
+    else:
+        out = {
+            "floor_holds": False,
+            "floor_tolerance": FLOOR_TOLERANCE,
+            "floor_failure": f"the MEI activation is {float(mei):.4g} <= 0 (no image drives the unit): "
+            "there is no floor to hold",
+        }
     if not out["floor_holds"]:
         warnings.warn(f"{layer} unit {unit}: {out['floor_failure']}", RuntimeWarning, stacklevel=5)
     return out

@@ -142,12 +142,26 @@ class Problem:
         a = a if i is None else a[:, :, i, i]
         feats = None
         if need_features:
-            if self.distance_layer is None:
-                feats = images - 0.5
-            else:
-                rs, cs = self.distance_slice
-                feats = torch.relu(acts[self.distance_layer][:, :, rs, cs])
+            feats = (
+                images - 0.5
+                if self.distance_layer is None
+                else self._crop_features(acts[self.distance_layer])
+            )
         return a, feats
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Distance-space features of ``images`` alone (the forward pass stops at the distance layer).
+
+        ``images - 0.5`` in pixel space; else the rectified distance-layer map over the image.
+        """
+        if self.distance_layer is None:
+            return images - 0.5
+        acts = self.net.activations(self.canvas(images), [self.distance_layer])
+        return self._crop_features(acts[self.distance_layer])
+
+    def _crop_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        rs, cs = self.distance_slice
+        return torch.relu(fmap[:, :, rs, cs])
 
     def spec(self) -> dict[str, Any]:
         """The geometry and target part of a run spec."""

@@ -91,6 +91,7 @@ class DiverseSettings(Settings):
     crop: str = "nominal"
     floor: float | None = None
     mean_floor: float | None = None
+    calibrate: bool = True
 
     def check(self) -> None:
         check_fields(self, ints=[("n_images", 2, IMAGES_MAX)])  # a set: at least two images

@@ -3,7 +3,8 @@
 * :class:`SimpleCell`: ``relu(<g_0, x>)`` -- selective for one phase of one Gabor;
 * :class:`ComplexCell`: the energy model ``<g_0, x>^2 + <g_90, x>^2`` -- a quadrature pair, so the
   response is the same for every phase of the Gabor (perfect phase invariance);
-* :class:`TextureCell`: a convolutional energy unit pooled over positions -- shift invariant.
+* :class:`TextureCell`: a convolutional energy unit pooled over positions -- shift invariant;
+* :class:`BipartiteCell`: an energy half and a linear half side by side -- partly phase invariant.
 
 Each cell is an ``nn.Module`` whose named layer ``"response"`` outputs ``(N, 1, 1, 1)`` for an input of
 ``size x size`` pixels (the receptive field), so DFV reads it exactly as it reads a VALID-padded CNN.
@@ -24,11 +25,11 @@ from torch import nn
 
 from diversevis.core.network import Network
 
-__all__ = ["gabor", "SimpleCell", "ComplexCell", "TextureCell", "cell_network"]
+__all__ = ["gabor", "SimpleCell", "ComplexCell", "TextureCell", "BipartiteCell", "cell_network"]
 
 
 def gabor(
-    size: int,
+    size: int | tuple[int, int],
     *,
     wavelength: float = 6.0,
     theta: float = 0.0,
@@ -40,8 +41,8 @@ def gabor(
 
     Parameters
     ----------
-    size : int
-        Side in pixels.
+    size : int or (int, int)
+        Side in pixels, or ``(height, width)``.
     wavelength : float
         Carrier wavelength in pixels.
     theta : float
@@ -49,27 +50,27 @@ def gabor(
     phase : float
         Carrier phase in radians (0 = even/cosine, pi/2 = odd/sine).
     sigma : float, optional
-        Gaussian envelope SD in pixels (default ``size / 5``).
+        Gaussian envelope SD in pixels (default a fifth of the shorter side).
     channels : int
         The same (grey) filter replicated over channels.
 
     Returns
     -------
     torch.Tensor
-        ``(channels, size, size)`` float32, zero mean, unit L2 norm.
+        ``(channels, height, width)`` float32, zero mean, unit L2 norm.
     """
-    sigma = size / 5 if sigma is None else sigma
-    c = (size - 1) / 2
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    sigma = min(h, w) / 5 if sigma is None else sigma
     y, x = torch.meshgrid(
-        torch.arange(size, dtype=torch.float64) - c,
-        torch.arange(size, dtype=torch.float64) - c,
+        torch.arange(h, dtype=torch.float64) - (h - 1) / 2,
+        torch.arange(w, dtype=torch.float64) - (w - 1) / 2,
         indexing="ij",
     )
     u = x * math.cos(theta) + y * math.sin(theta)
     env = torch.exp(-(x**2 + y**2) / (2 * sigma**2))
     g = env * torch.cos(2 * math.pi * u / wavelength + phase)
     g = g - g.mean()
-    g = g.expand(channels, size, size).clone()
+    g = g.expand(channels, h, w).clone()
     return (g / g.norm()).float()
 
 
@@ -141,7 +142,37 @@ class TextureCell(nn.Module):
         return self.response(self.pool(e))
 
 
-_CELLS = {"simple": SimpleCell, "complex": ComplexCell, "texture": TextureCell}
+class BipartiteCell(nn.Module):
+    """Two subunits side by side: a phase-invariant energy half and a phase-selective linear half.
+
+    ``sqrt(<l_0, x>^2 + <l_90, x>^2) + <r_0, x>`` with a quadrature pair ``l`` on the left half of the
+    field and a Gabor ``r`` on the right half (all unit norm, disjoint supports), so the response is
+    homogeneous of degree 1 in the image: the MEI splits the image norm equally between the halves
+    (``rho * sqrt(2)`` at norm ``rho``), the left half's phase is free and the right half's fixed, a
+    unit between a simple and a complex cell in its invariance.
+    """
+
+    def __init__(self, size: int = 16, channels: int = 3, **gabor_kw) -> None:
+        super().__init__()
+        gabor_kw.pop("phase", None)
+        half = size // 2
+        l0 = gabor((size, half), channels=channels, phase=0.0, **gabor_kw)
+        l90 = gabor((size, half), channels=channels, phase=math.pi / 2, **gabor_kw)
+        l90 = l90 - (l90 * l0).sum() * l0
+        w = torch.zeros(3, channels, size, size)
+        w[0, :, :, :half], w[1, :, :, :half] = l0, l90 / l90.norm()
+        w[2, :, :, size - half :] = gabor((size, half), channels=channels, phase=0.0, **gabor_kw)
+        self.subunits = nn.Conv2d(channels, 3, size, bias=False)
+        self.subunits.weight.data.copy_(w)
+        self.response = _Response()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.subunits(x)
+        energy = torch.sqrt(p[:, :1] ** 2 + p[:, 1:2] ** 2 + 1e-12)
+        return self.response(energy + p[:, 2:3])
+
+
+_CELLS = {"simple": SimpleCell, "complex": ComplexCell, "texture": TextureCell, "bipartite": BipartiteCell}
 
 
 def cell_network(kind: str, size: int = 16, channels: int = 3, **kw) -> Network:
@@ -149,7 +180,7 @@ def cell_network(kind: str, size: int = 16, channels: int = 3, **kw) -> Network:
 
     Parameters
     ----------
-    kind : {"simple", "complex", "texture"}
+    kind : {"simple", "complex", "texture", "bipartite"}
     size : int
         Receptive-field size in pixels.
     """

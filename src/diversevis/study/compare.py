@@ -4,7 +4,10 @@ The paper's claim (ii): a residual network's layers differ from VGG's at corresp
 of two sweeps are paired by the size of their units' receptive field (the RF-sized images the sweep
 optimised), and their invariance indices are compared as distributions:
 
-* ``f1_f0``: grating modulation ratio (fraction complex-like = F1/F0 < 1);
+* ``di``: the calibrated diversity index of the diverse set (0 = a simple cell, 1 = a complex cell under
+  the same settings; comparable across networks, unlike raw distances);
+* ``f1_f0``: grating modulation ratio; a unit counts as complex-like (F1/F0 < 1) only where its best
+  grating drives it (the sweep's phase label), and units gratings do not drive are counted apart;
 * ``shift_min_ratio``, ``shift_mean_ratio``: shift test (texture invariance);
 * ``dfv_mean_ratio``: how close the diverse set stays to the MEI.
 
@@ -35,6 +38,7 @@ __all__ = [
 ]
 
 METRICS = {
+    "di": "diversity index (0 simple, 1 complex)",
     "f1_f0": "F1/F0 (grating phase modulation)",
     "shift_min_ratio": "shift test: worst crop / MEI",
     "shift_mean_ratio": "shift test: mean crop / MEI",
@@ -59,17 +63,31 @@ class LayerSummary:
     rf: int
     n_units: int
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    phase_labels: list[str] = field(default_factory=list)
 
     def stats(self) -> dict[str, Any]:
-        """Median per metric, and the fractions of complex-like and shift-invariant units."""
+        """Median per metric; the fractions of complex-like (among units gratings drive), not driven
+        and shift-invariant units."""
         out: dict[str, Any] = {"layer": self.layer, "rf": self.rf, "units": self.n_units}
         for k, v in self.values.items():
             out[f"median_{k}"] = float(np.median(v)) if v.size else None
-        f = self.values.get("f1_f0", np.array([]))
-        out["frac_complex_like"] = float((f < 1).mean()) if f.size else None
+        out.update(_phase_fractions(self.phase_labels, self.values.get("f1_f0", np.array([]))))
         s = self.values.get("shift_min_ratio", np.array([]))
         out["frac_shift_invariant"] = float((s > 0.5).mean()) if s.size else None
         return out
+
+
+def _phase_fractions(labels: list[str], f1_f0: np.ndarray) -> dict[str, float | None]:
+    """Complex-like among the units gratings drive, and the fraction gratings do not drive; stores
+    without phase labels (older sweeps) fall back to F1/F0 < 1 over every unit."""
+    if labels:
+        driven = [x for x in labels if x.startswith(("complex-like", "simple-like"))]
+        complex_like = sum(x.startswith("complex-like") for x in driven)
+        return {
+            "frac_complex_like": complex_like / len(driven) if driven else None,
+            "frac_not_driven": 1 - len(driven) / len(labels),
+        }
+    return {"frac_complex_like": float((f1_f0 < 1).mean()) if f1_f0.size else None, "frac_not_driven": None}
 
 
 def layer_summaries(store: Store) -> list[LayerSummary]:
@@ -100,7 +118,8 @@ def layer_summaries(store: Store) -> list[LayerSummary]:
         for k in METRICS:
             v = np.array([r["metrics"].get(k) for r in rows if r["metrics"].get(k) is not None], dtype=float)
             values[k] = v[np.isfinite(v)]
-        out.append(LayerSummary(layer, rf, len(rows), values))
+        labels = [str(r["metrics"]["phase_label"]) for r in rows if r["metrics"].get("phase_label")]
+        out.append(LayerSummary(layer, rf, len(rows), values, labels))
     return sorted(out, key=lambda s: s.rf)
 
 
@@ -147,17 +166,18 @@ class NetworkComparison:
     def markdown(self) -> str:
         """The comparison as a Markdown table."""
         head = (
-            f"| RF | {self.name_a} layer | {self.name_b} layer | units | complex-like (F1/F0<1) | "
-            "shift-invariant (min>0.5) | median F1/F0 | median shift min | median DFV/MEI |\n|"
-            + "---|" * 9
-            + "\n"
+            f"| RF | {self.name_a} layer | {self.name_b} layer | units | median DI | complex-like (F1/F0<1, "
+            "driven units) | gratings do not drive | shift-invariant (min>0.5) | median F1/F0 | "
+            "median shift min | median DFV/MEI |\n|" + "---|" * 11 + "\n"
         )
         lines = []
         for r in self.rows():
             a, b = r["a"], r["b"]
             lines.append(
                 f"| {a['rf']} / {b['rf']} | {a['layer']} | {b['layer']} | {a['units']} / {b['units']} | "
+                f"{_num(a.get('median_di'))} / {_num(b.get('median_di'))} | "
                 f"{_pct(a['frac_complex_like'])} / {_pct(b['frac_complex_like'])} | "
+                f"{_pct(a['frac_not_driven'])} / {_pct(b['frac_not_driven'])} | "
                 f"{_pct(a['frac_shift_invariant'])} / {_pct(b['frac_shift_invariant'])} | "
                 f"{_num(a.get('median_f1_f0'))} / {_num(b.get('median_f1_f0'))} | "
                 f"{_num(a.get('median_shift_min_ratio'))} / {_num(b.get('median_shift_min_ratio'))} | "

@@ -98,6 +98,8 @@ def sweep(
     out: str | Path,
     n_images: int = SweepSettings.n_images,
     diversity: float = SweepSettings.diversity,
+    floor: float | None = SweepSettings.floor,
+    mean_floor: float | None = SweepSettings.mean_floor,
     distance_layer: str | None = SweepSettings.distance_layer,
     tests: Sequence[str] = SweepSettings.tests,
     shift_stride: int = SweepSettings.shift_stride,
@@ -128,7 +130,11 @@ def sweep(
     out : str or Path
         Store directory (created if new; resumed if it holds a sweep with the same settings).
     n_images, diversity : int, float
-        DFV set size and lambda.
+        DFV set size and lambda (lambda mode only).
+    floor, mean_floor : float or None
+        Floor mode (the default, 0.85): every image of a set at >= ``floor`` x its MEI (and the mean at
+        >= ``mean_floor`` x); ``floor=None`` is lambda mode. Each set also gets the calibrated diversity
+        index (``di`` in the metrics).
     distance_layer : str or None
         ``"auto"`` (the previous block's last conv, as the paper), a layer, or ``None`` (pixel space).
     tests : sequence of str
@@ -231,9 +237,13 @@ def _open_store(out: str | Path, settings: dict[str, Any], force: bool) -> Store
     store = Store(out, create=True)
     old = store.get_meta("settings")
     if old is not None and old != settings and not force:
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        keys = list(settings) + [k for k in old if k not in settings]
+        diff = {k: (old.get(k), settings.get(k)) for k in keys if old.get(k) != settings.get(k)}
+        hint = ""
+        if "floor" in diff and diff["floor"][0] is None:
+            hint = " (a lambda-mode sweep: resume it with --floor none, Python floor=None)"
         raise DiversevisError(
-            f"{str(out)!r} holds a sweep with other settings {diff} (stored, requested); "
+            f"{str(out)!r} holds a sweep with other settings {diff} (stored, requested){hint}; "
             "use another --out, or --force to recompute with the new settings"
         )
     store.set_meta("settings", settings)

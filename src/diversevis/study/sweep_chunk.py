@@ -103,6 +103,9 @@ def _save_unit(
         metrics.update(dfv_min_distance=dm["min_distance"], dfv_mean_distance=dm["mean_distance"])
         if responsive:
             metrics.update(dfv_mean_ratio=dm["mean_ratio"], dfv_min_ratio=dm["min_ratio"])
+            metrics.update({k: dm[k] for k in ("di", "di_min", "di_feature", "di_feature_min") if k in dm})
+            if "floor_holds" in d.spec:
+                metrics["floor_holds"] = d.spec["floor_holds"]
         spec["diverse"] = d.spec
     if not responsive:
         spec["skipped"] = "MEI activation <= 0: ratio-based tests skipped"

@@ -26,8 +26,9 @@ TESTS = ("dfv", "phase", "shift")
 class SweepSettings(Settings):
     """The per-unit work of a sweep.
 
-    ``tests`` are the analyses besides the MEI (``dfv``, ``phase``, ``shift``); ``n_images`` and
-    ``diversity`` the DFV set; ``distance_layer`` ``"auto"`` (the previous block's last conv), a layer
+    ``tests`` are the analyses besides the MEI (``dfv``, ``phase``, ``shift``); ``n_images``, ``floor``
+    (default 0.85: floor mode, every image at >= 0.85 x the MEI; ``None``: lambda mode with weight
+    ``diversity``) and ``mean_floor`` the DFV set, which also gets the calibrated diversity index; ``distance_layer`` ``"auto"`` (the previous block's last conv), a layer
     or ``None`` (pixels); ``shift_stride`` the shift test's crop step (capped per layer so that at least
     two crops remain); the rest as :class:`~diversevis.methods.settings.DiverseSettings`.
     """
@@ -35,6 +36,8 @@ class SweepSettings(Settings):
     tests: tuple[str, ...] = ("dfv", "phase")
     n_images: int = 6
     diversity: float = 0.01
+    floor: float | None = 0.85
+    mean_floor: float | None = None
     distance_layer: str | None = "auto"
     contrast: float = 0.5
     max_iter: int = 1000
@@ -49,12 +52,13 @@ class SweepSettings(Settings):
         if unknown:
             raise DiversevisError(f"unknown tests {unknown}; choose from {', '.join(TESTS)}")
         check_precision(self.precision)
+        self.diverse_settings(None)  # the DFV settings' own checks (floor, mean floor, counts)
 
     def stored(self, model: str, load_args: dict[str, Any] | None = None) -> dict[str, Any]:
         """The settings a sweep stores and a resumed sweep must match (``store.get_meta("settings")``).
 
         The tests and the natural-image folder are not part of it (a sweep may add a test later);
-        ``precision`` is absent for fp32, and ``model_load_args`` (the normalisation, channels and input
+        ``precision`` is absent for fp32, ``floor``/``mean_floor`` in lambda mode, and ``model_load_args`` (the normalisation, channels and input
         size of a user's model spec) when empty, so that stores written before them still resume.
         """
         settings = {
@@ -70,6 +74,8 @@ class SweepSettings(Settings):
         }
         if check_precision(self.precision) != "fp32":
             settings["precision"] = self.precision
+        if self.floor is not None:
+            settings.update(floor=self.floor, mean_floor=self.mean_floor)
         if load_args:
             settings["model_load_args"] = load_args
         return settings
@@ -90,6 +96,8 @@ class SweepSettings(Settings):
         return DiverseSettings(
             n_images=self.n_images,
             diversity=self.diversity,
+            floor=self.floor,
+            mean_floor=self.mean_floor,
             distance_layer=distance_layer,
             contrast=self.contrast,
             max_iter=self.max_iter,

@@ -39,6 +39,12 @@ class Column:
 
 COLUMNS: tuple[Column, ...] = (
     Column("mei_activation", "MEI act.", "activation of the most exciting input"),
+    Column(
+        "di",
+        "DI",
+        "calibrated diversity index (pixels): 0 = a simple cell, 1 = a complex cell, same settings",
+    ),
+    Column("di_feature", "DI layer", "calibrated diversity index in the distance layer's features"),
     Column("dfv_mean_ratio", "DFV mean/MEI", "mean activation of the diverse set relative to the MEI"),
     Column("dfv_min_ratio", "DFV min/MEI", "weakest image of the diverse set relative to the MEI"),
     Column("dfv_min_distance", "DFV min dist.", "minimum pairwise RMS distance within the diverse set"),
@@ -52,6 +58,7 @@ COLUMNS: tuple[Column, ...] = (
 
 # (metric, title, x-axis label, threshold line or None)
 HISTOGRAMS: tuple[tuple[str, str, str, float | None], ...] = (
+    ("di", "diversity index (pixels)", "DI: 0 = simple cell, 1 = complex cell", None),
     ("dfv_mean_ratio", "DFV mean activation / MEI", "mean activation of the diverse set / MEI", None),
     ("dfv_min_distance", "DFV min pairwise distance", "RMS distance (distance layer or pixels)", None),
     ("f1_f0", "F1/F0 (phase modulation)", "F1/F0", 1.0),
@@ -282,8 +289,7 @@ def _unit_view(row: dict[str, Any], store_root: Path, out: Path, href: str, laye
         v = _num(metrics.get(col.key))
         v = None if v is None else v * col.scale
         cells[col.key] = Cell(_fmt(v), "" if v is None else repr(v))
-    f1f0 = _num(metrics.get("f1_f0"))
-    kind = "" if f1f0 is None else ("complex-like" if f1f0 < 1 else "simple-like")
+    kind = _phase_kind(metrics)
     seconds = _num(row.get("seconds"))
     return UnitView(
         layer=row["layer"],
@@ -301,6 +307,16 @@ def _unit_view(row: dict[str, Any], store_root: Path, out: Path, href: str, laye
         kind=kind,
         failed=str(metrics.get("failed") or ""),
     )
+
+
+def _phase_kind(metrics: dict[str, Any]) -> str:
+    """The phase test's verdict: its label when the sweep stored one (``gratings do not drive this
+    unit`` included), else (older stores) complex-like for F1/F0 < 1."""
+    label = metrics.get("phase_label")
+    if label:
+        return "not driven by gratings" if "do not drive" in str(label) else str(label).split(" (")[0]
+    f1f0 = _num(metrics.get("f1_f0"))
+    return "" if f1f0 is None else ("complex-like" if f1f0 < 1 else "simple-like")
 
 
 def _histogram_png(values: list[float], title: str, xlabel: str, threshold: float | None) -> bytes:
@@ -354,9 +370,11 @@ def _layer_summary(units: list[UnitView]) -> list[tuple[str, str]]:
         if vals:
             out.append((f"median {labels[key]}", _fmt(float(np.median(vals)))))
     kinds = [u.kind for u in units if u.kind]
+    driven = [k for k in kinds if k in ("complex-like", "simple-like")]
     if kinds:
-        n = sum(k == "complex-like" for k in kinds)
-        out.append(("complex-like (F1/F0 < 1)", f"{n} of {len(kinds)}"))
+        n = sum(k == "complex-like" for k in driven)
+        out.append(("complex-like (F1/F0 < 1), of units gratings drive", f"{n} of {len(driven)}"))
+        out.append(("not driven by gratings", f"{len(kinds) - len(driven)} of {len(kinds)}"))
     return out
 
 
