@@ -50,6 +50,18 @@ def test_complex_cell_dfv_is_more_diverse_than_random_restarts_at_full_activatio
     assert cmp.gaps()["restarts"] > 3
 
 
+def test_in_floor_mode_the_complex_cell_scores_near_one_and_above_its_random_restarts():
+    cmp = compare_baselines(
+        cell_network("complex", size=12), "response", 0, norm=2.0, floor=0.85, natural=False, gram=False,
+        max_iter=400,
+    )  # fmt: skip
+    dfv, restarts = cmp.row("dfv"), cmp.row("restarts")
+    assert dfv["min_ratio"] >= 0.845 and dfv["di"] > 0.8
+    # restarts land at random phases of the circle: spread, but less evenly than DFV's set
+    assert restarts["di"] < dfv["di"] - 0.2
+    assert "| DI |" in cmp.markdown() and cmp.extra["di_calibration"]["floor"] == 0.85
+
+
 @pytest.mark.slow
 def test_vgg16_conv2_1_comparison_with_all_baselines(vgg16_paper, tmp_path):
     cmp = compare_baselines(

@@ -46,6 +46,27 @@ def test_pixel_distance_is_zero_for_copies_and_sqrt2_for_orthogonal_images():
     ],
 )
 def test_units_are_classified_by_phase_modulation_and_strong_diverse_sets(metrics, kind):
+    assert classify_unit(metrics) == kind  # lambda-mode rows (no diversity index)
+
+
+DRIVEN_COMPLEX = {"phase_label": "complex-like", "floor_holds": True}
+DRIVEN_SIMPLE = {"phase_label": "simple-like", "floor_holds": True}
+NOT_DRIVEN = {"phase_label": "gratings do not drive this unit", "floor_holds": True}
+
+
+@pytest.mark.parametrize(
+    ("metrics", "kind"),
+    [
+        ({**DRIVEN_COMPLEX, "f1_f0": 0.05, "di": 0.9}, "phase-invariant"),
+        ({**DRIVEN_COMPLEX, "f1_f0": 0.05, "di": 0.2}, "selective"),  # flat gratings, but a narrow set
+        ({**DRIVEN_SIMPLE, "f1_f0": 1.6, "di": 0.7}, "deformation-invariant"),
+        ({**DRIVEN_SIMPLE, "f1_f0": 1.6, "di": 0.1}, "selective"),
+        ({**NOT_DRIVEN, "f1_f0": 0.01, "di": 0.8}, "invariant, no grating verdict"),  # F1/F0 not trusted
+        ({**NOT_DRIVEN, "f1_f0": 0.01, "di": 0.1}, "selective"),
+        ({**DRIVEN_COMPLEX, "f1_f0": 0.05, "di": 0.9, "floor_holds": False}, "below the floor"),
+    ],
+)
+def test_floor_mode_units_are_classified_by_the_diversity_index_and_driven_gratings(metrics, kind):
     assert classify_unit(metrics) == kind
 
 

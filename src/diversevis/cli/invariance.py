@@ -13,6 +13,7 @@ from diversevis.cli.common import (
     add_out_args,
     add_target_args,
     direction,
+    fraction,
     load,
     nonneg_float,
     nonneg_int,
@@ -202,6 +203,12 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument(
         "--distance-layer", default=None, help="layer whose features measure distances (default: pixels)"
     )
+    p.add_argument(
+        "--floor",
+        type=fraction,
+        default=None,
+        help="run DFV in floor mode: every image at >= FLOOR x the MEI (e.g. 0.85) instead of --diversity",
+    )
     p.add_argument("--no-gram", action="store_true", help="skip the Gram-cosine baseline")
     p.add_argument("--no-natural", action="store_true", help="skip the natural-exemplar baseline")
     p.add_argument(
@@ -228,6 +235,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         args.unit,
         n_images=args.images,
         diversity=args.diversity,
+        floor=args.floor,
         distance_layer=args.distance_layer,
         contrast=args.contrast,
         norm=args.norm,

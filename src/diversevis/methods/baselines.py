@@ -35,6 +35,8 @@ from diversevis.core.network import Network
 from diversevis.core.objectives import pairwise_rms_matrix
 from diversevis.core.result import Result, image_grid, png_html
 from diversevis.methods.dfv import Problem, _common_spec, _prepare, diverse, mei
+from diversevis.methods.diversity_index import calibrate, calibration_floor, set_distances
+from diversevis.methods.settings import DiverseSettings
 
 __all__ = ["participation_ratio", "set_metrics", "gram_matched", "Comparison", "compare_baselines"]
 
@@ -180,13 +182,16 @@ class Comparison:
 
     def markdown(self) -> str:
         """The table as Markdown."""
-        head = "| method | mean ratio | min ratio | min distance | mean distance | participation ratio |\n"
-        head += "|---|---|---|---|---|---|\n"
+        head = (
+            "| method | mean ratio | min ratio | min distance | mean distance | participation ratio | DI | "
+            "DI (layer) |\n|---|---|---|---|---|---|---|---|\n"
+        )
         lines = []
         for r in self.rows:
             lines.append(
                 f"| {r['method']} | {_f(r['mean_ratio'])} | {_f(r['min_ratio'])} "
-                f"| {_f(r['min_distance'], 4)} | {_f(r['mean_distance'], 4)} | {_f(r['participation_ratio'], 2)} |"
+                f"| {_f(r['min_distance'], 4)} | {_f(r['mean_distance'], 4)} | {_f(r['participation_ratio'], 2)} "
+                f"| {_f(r.get('di'), 2)} | {_f(r.get('di_feature'), 2)} |"
             )
         space = self.spec.get("distance_layer") or "pixels"
         return (
@@ -285,6 +290,7 @@ def compare_baselines(
     exemplar_candidates: int = 8192,
     exemplar_k: int = 64,
     gram: bool = True,
+    floor: float | None = None,
     images: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
@@ -305,6 +311,12 @@ def compare_baselines(
     gram : bool
         Include the Gram-cosine baseline (needs a ``distance_layer`` with spatial maps; several DFV runs
         for the bisection).
+    floor : float, optional
+        Run DFV in floor mode (every image at >= ``floor`` x MEI) instead of with weight ``diversity``.
+
+    Every set also gets the calibrated diversity index (``di``, ``di_min``; ``di_feature``... with a
+    distance layer) from one calibration at DFV's floor (lambda mode: DFV's rounded min ratio), so the
+    index of a set below that activation (natural exemplars) flatters it: read it with its ratios.
 
     Returns
     -------
@@ -329,12 +341,14 @@ def compare_baselines(
         images_folder=images,
     )
     sets: dict[str, Result] = {}
+    common["calibrate"] = False  # one calibration for every set, below
     sets["dfv"] = diverse(
         net,
         layer,
         unit,
         n_images=n_images,
         diversity=diversity,
+        floor=floor,
         distance_layer=distance_layer,
         mei=m,
         **common,
@@ -366,16 +380,24 @@ def compare_baselines(
         sets["natural"] = sub.as_result(mei_activation=mei_act)
         extra["natural_top1_ratio"] = float(top.activations[0]) / mei_act
 
+    settings = DiverseSettings(
+        n_images=n_images, distance_layer=distance_layer, seed=seed, max_iter=max_iter, floor=floor
+    )
+    cal_floor = calibration_floor(float(sets["dfv"].ratios.min()), floor)
+    cal = calibrate(prob, settings, cal_floor, progress=progress)
     rows = []
     for name, res in sets.items():
         with torch.no_grad():
             acts, feats = prob.evaluate(res.images.to(net.device))
-        rows.append({"method": name, **set_metrics(acts.cpu(), feats.cpu(), mei_act)})
+        index = cal.index(set_distances(res.images, feats.cpu() if distance_layer is not None else None))
+        rows.append({"method": name, **set_metrics(acts.cpu(), feats.cpu(), mei_act), **index})
+    extra["di_calibration"] = cal.as_dict()
     spec = _common_spec(
         method="compare_baselines",
         **prob.spec(),
         n_images=n_images,
-        diversity=diversity,
+        diversity=None if floor is not None else diversity,
+        floor=floor,
         contrast=contrast if norm is None else None,
         seed=seed,
         max_iter=max_iter,

@@ -26,6 +26,8 @@ COMPLEX_F1F0 = 1.0  # the classic simple / complex boundary
 STRONG_RATIO = 0.9  # every image of the diverse set at >= 90 % of the MEI
 DEFORMATION_PIXEL_DISTANCE = 0.5  # min pixel distance between set images, relative to their RMS contrast
 SHIFT_INVARIANT = 0.5  # shift test: every crop at >= 50 % of the MEI
+FLOOR = 0.85  # floor-mode DFV: every image of a set at >= 85 % of the MEI (Ding et al.; LAMINR)
+DI_INVARIANT = 0.5  # calibrated diversity index: at least halfway from a simple to a complex cell
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class Preset:
 
 PRESETS = {
     "quick": Preset(3, 2, ("conv2_1", "conv3_1"), 12, (0.0, 0.01, 0.1, 1.0), 2048, prior_steps=400),
-    "standard": Preset(16, 8, ("conv2_1", "conv3_1"), 3, (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), 4096),
+    "standard": Preset(32, 8, ("conv2_1", "conv3_1"), 3, (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), 4096),
     "full": Preset(
         64, 32, ("conv2_1", "conv3_1"), 1, (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0), 8192
     ),

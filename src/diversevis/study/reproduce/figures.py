@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from diversevis.core.cache import atomic_write_bytes
-from diversevis.study.reproduce.config import COMPLEX_F1F0, SHIFT_INVARIANT
+from diversevis.study.reproduce.config import COMPLEX_F1F0, DI_INVARIANT, FLOOR, SHIFT_INVARIANT
 from diversevis.study.reproduce.stats import _finite
 
 
@@ -33,10 +33,11 @@ def _mpl():
 
 def _layer_distributions(out: Path, rows: list[dict], layers: Sequence[str]) -> str:
     plt = _mpl()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.6))
     for ax, key, label, line in (
-        (axes[0], "shift_min_ratio", "shift test min_ratio", SHIFT_INVARIANT),
-        (axes[1], "f1_f0", "F1/F0", COMPLEX_F1F0),
+        (axes[0], "di", "diversity index (pixels)", DI_INVARIANT),
+        (axes[1], "shift_min_ratio", "shift test min_ratio", SHIFT_INVARIANT),
+        (axes[2], "f1_f0", "F1/F0", COMPLEX_F1F0),
     ):
         data = [_finite(rows, key, layer) for layer in layers]
         rng = np.random.default_rng(0)
@@ -47,8 +48,9 @@ def _layer_distributions(out: Path, rows: list[dict], layers: Sequence[str]) -> 
         ax.axhline(line, ls="--", color="grey", lw=1)
         ax.set_xticks(range(len(layers)), layers, rotation=30)
         ax.set_ylabel(label)
-    axes[0].set_title("shift invariance per layer (line: median)")
-    axes[1].set_title("phase modulation per layer (< 1: complex-like)")
+    axes[0].set_title(f"DI at floor {FLOOR} (0 simple, 1 complex cell)")
+    axes[1].set_title("shift invariance per layer (line: median)")
+    axes[2].set_title("phase modulation per layer (< 1: complex-like)")
     atomic_write_bytes(out / "figures" / "layers.png", _fig_bytes(fig))
     return "figures/layers.png"
 
@@ -94,8 +96,8 @@ def _baseline_figure(out: Path, rows: list[dict]) -> str:
 
 def _compare_figure(out: Path, vgg: list[dict], eff: list[dict], pairs: list[tuple[str, str]]) -> str:
     plt = _mpl()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for ax, key in zip(axes, ("f1_f0", "shift_min_ratio")):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.6))
+    for ax, key in zip(axes, ("di", "f1_f0", "shift_min_ratio")):
         for i, (a, b) in enumerate(pairs):
             for rows, layer, off, c in ((vgg, a, -0.18, "C0"), (eff, b, 0.18, "C1")):
                 d = _finite(rows, key, layer)

@@ -12,7 +12,7 @@ import torch
 
 from diversevis.core.cache import atomic_write_json, atomic_write_text
 from diversevis.core.errors import DiversevisError
-from diversevis.study.reproduce.config import _DEVICE, PRESETS, VGG_LAYERS, Preset, _preset_name
+from diversevis.study.reproduce.config import _DEVICE, FLOOR, PRESETS, VGG_LAYERS, Preset, _preset_name
 from diversevis.study.reproduce.render import Section, render_html, render_markdown
 from diversevis.study.reproduce.sections import _sections
 from diversevis.study.reproduce.steps import (
@@ -75,7 +75,8 @@ def _reproduce(out, preset, seed, prior_beta, progress, log) -> Path:
     name, p = _resolve_preset(preset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = _Steps(out, {"preset": asdict(p), "seed": seed, "prior_beta": prior_beta})
+    config = {"preset": asdict(p), "seed": seed, "prior_beta": prior_beta, "dfv": f"floor {FLOOR}, DI"}
+    steps = _Steps(out, config)
     t_start = time.perf_counter()
     r = _run_steps(steps, out, p, seed, prior_beta, progress, log)
     sections = _sections(

@@ -11,6 +11,7 @@ import numpy as np
 from diversevis.study.reproduce.config import (
     COMPLEX_F1F0,
     DEFORMATION_PIXEL_DISTANCE,
+    DI_INVARIANT,
     PHASE_INVARIANT_F1F0,
     STRONG_RATIO,
 )
@@ -33,7 +34,33 @@ def _finite(rows: list[dict], key: str, layer: str | None = None) -> np.ndarray:
 
 
 def classify_unit(m: dict[str, Any]) -> str:
-    """``phase-invariant``, ``deformation-invariant`` or ``selective`` from a sweep row's metrics.
+    """The unit's invariance class from a sweep row's metrics (thresholds: :mod:`.config`).
+
+    Floor-mode rows (with a calibrated diversity index ``di``): ``phase-invariant`` when gratings drive
+    the unit, it is complex-like with F1/F0 < ``PHASE_INVARIANT_F1F0`` and its set reaches DI >=
+    ``DI_INVARIANT``; ``deformation-invariant`` when gratings drive it phase-selectively (F1/F0 >=
+    ``COMPLEX_F1F0``) and its set still reaches that DI; ``invariant, no grating verdict`` when gratings
+    do not drive it but its DI does; ``below the floor`` when its set missed the floor; else
+    ``selective``. Lambda-mode rows (no ``di``) use :func:`classify_unit_lambda`.
+    """
+    if m.get("di") is None:
+        return classify_unit_lambda(m)
+    if m.get("floor_holds") is False:
+        return "below the floor"
+    invariant = m["di"] >= DI_INVARIANT
+    label = str(m.get("phase_label") or "")
+    f = m.get("f1_f0")
+    if not label.startswith(("complex-like", "simple-like")) or f is None or not np.isfinite(f):
+        return "invariant, no grating verdict" if invariant else "selective"
+    if f < PHASE_INVARIANT_F1F0 and invariant:
+        return "phase-invariant"
+    if f >= COMPLEX_F1F0 and invariant:
+        return "deformation-invariant"
+    return "selective"
+
+
+def classify_unit_lambda(m: dict[str, Any]) -> str:
+    """``phase-invariant``, ``deformation-invariant`` or ``selective`` from a lambda-mode sweep row.
 
     Parameters
     ----------
@@ -92,7 +119,7 @@ def _network_tests(
     """Mann-Whitney U tests of the per-unit invariance indices of RF-matched layer pairs.
 
     ``pairs`` maps ``(vgg16-paper layer, efficientnet-lite0 layer)`` to their receptive-field sizes.
-    Returns the table rows (one per pair: layers, RF sizes, medians and p of ``f1_f0`` and
+    Returns the table rows (one per pair: layers, RF sizes, medians and p of ``di``, ``f1_f0`` and
     ``shift_min_ratio``), how many tests differ at p < 0.05, how many tests count (those that could
     reach p < 0.05 at their sample sizes), and the p-values of the tests that count.
     """
@@ -101,7 +128,7 @@ def _network_tests(
     table, differ, tested, pvals = [], 0, 0, []
     for (la, lb), (rf_a, rf_b) in pairs.items():
         row = [f"{la} / {lb}", f"{rf_a} / {rf_b}"]
-        for key in ("f1_f0", "shift_min_ratio"):
+        for key in ("di", "f1_f0", "shift_min_ratio"):
             a, b = _finite(vgg, key, la), _finite(eff, key, lb)
             pval = None
             if a.size >= 2 and b.size >= 2:

@@ -18,8 +18,11 @@ import torch
 
 from diversevis.core.cache import atomic_write_json, json_default
 from diversevis.methods.dfv import diverse, mei
-from diversevis.study.reproduce.config import _DEVICE, EFF_CANDIDATES, Preset, _load
+from diversevis.study.reproduce.config import _DEVICE, EFF_CANDIDATES, FLOOR, Preset, _load
 from diversevis.study.reproduce.stats import _pixel_min_distance
+
+#: Where the study's sweeps go: floor-mode sweeps, apart from the lambda-mode ones of earlier versions.
+SWEEPS = f"sweeps-floor{FLOOR:g}"
 
 
 class _Steps:
@@ -133,8 +136,9 @@ def _sweep(out: Path, model: str, layers: Sequence[str], preset: Preset, seed: i
         model,
         list(layers),
         f"sample:{preset.units}",
-        out=out / "sweeps" / model,
+        out=out / SWEEPS / model,
         tests=("dfv", "phase", "shift"),
+        floor=FLOOR,
         shift_stride=preset.shift_stride,
         max_iter=preset.max_iter,
         seed=seed,
@@ -144,13 +148,13 @@ def _sweep(out: Path, model: str, layers: Sequence[str], preset: Preset, seed: i
     rows = store.rows()
     store.close()
     for r in rows:  # pixel-space diversity of each DFV set, relative to its contrast
-        npz = out / "sweeps" / model / r["path"] / "diverse" / "images.npz"
+        npz = out / SWEEPS / model / r["path"] / "diverse" / "images.npz"
         r["metrics"]["dfv_pixel_min_distance"] = (
             _pixel_min_distance(np.load(npz)["images"]) if npz.is_file() else None
         )
     return {
         "rows": [
-            {"layer": r["layer"], "unit": r["unit"], "path": f"sweeps/{model}/{r['path']}", **r["metrics"]}
+            {"layer": r["layer"], "unit": r["unit"], "path": f"{SWEEPS}/{model}/{r['path']}", **r["metrics"]}
             for r in rows
         ]
     }
@@ -171,7 +175,7 @@ def _baselines(out: Path, preset: Preset, sweep_rows: list[dict], seed: int) -> 
                 rows.append(json.loads(unit_file.read_text())["summary"])
                 continue
             cmp = compare_baselines(
-                net, layer, u, diversity=0.01, distance_layer=dl, seed=seed, max_iter=preset.max_iter,
+                net, layer, u, floor=FLOOR, distance_layer=dl, seed=seed, max_iter=preset.max_iter,
                 exemplar_candidates=preset.candidates,
             )  # fmt: skip
             d = cmp.save(out / "baselines" / f"{layer}_u{u}")
@@ -190,6 +194,8 @@ def _baseline_summary(cmp, layer: str, unit: int, figure: str) -> dict[str, Any]
         "dfv_mean_ratio": cmp.row("dfv")["mean_ratio"],
         **{f"{k}_min_distance": r["min_distance"] for k, r in ((r["method"], r) for r in cmp.rows)},
         **{f"{k}_mean_ratio": r["mean_ratio"] for k, r in ((r["method"], r) for r in cmp.rows)},
+        **{f"{k}_di": r.get("di") for k, r in ((r["method"], r) for r in cmp.rows)},
+        **{f"{k}_di_feature": r.get("di_feature") for k, r in ((r["method"], r) for r in cmp.rows)},
         "gaps": cmp.gaps(),
         "figure": figure,
     }
