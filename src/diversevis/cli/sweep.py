@@ -63,7 +63,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="auto (previous block's last conv, as the paper), a layer, or pixels (default: auto)",
     )
     p.add_argument(
-        "--tests", default="dfv,phase", help="analyses per unit: dfv, phase, shift (default: dfv,phase)"
+        "--tests",
+        default="dfv,phase",
+        help="analyses per unit: dfv, phase, shift, retention (held-out transformations of the top natural "
+        "patches; the report then correlates DI and the other scores with it) (default: dfv,phase)",
     )
     p.add_argument("--shift-stride", type=positive_int, default=1, help="shift-test crop stride (default: 1)")
     p.add_argument(

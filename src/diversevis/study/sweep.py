@@ -139,7 +139,8 @@ def sweep(
         ``"auto"`` (the previous block's last conv, as the paper), a layer, or ``None`` (pixel space).
     tests : sequence of str
         Which analyses run per unit besides the MEI: ``dfv``, ``phase``, ``shift`` (the shift test is
-        the slow one: use ``shift_stride``).
+        the slow one: use ``shift_stride``), ``retention`` (the held-out check of
+        :func:`~diversevis.methods.retention.response_retention`: top 32 of 2048 natural patches).
     batch_units : int
         Units optimised together in one batch (one chunk; with ``backend="ray"``, one Ray task).
     force : bool

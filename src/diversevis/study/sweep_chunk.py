@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.core.optimize import NonFiniteError
 from diversevis.methods.dfv_units import run_diverse_units, run_mei_units
@@ -88,7 +89,8 @@ def _save_unit(
     settings: SweepSettings,
     where: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write one unit's MEI and diverse set, run its phase and shift tests; return its metrics and spec."""
+    """Write one unit's MEI and diverse set, run its phase, shift and retention tests; return its metrics
+    and spec."""
     m.save(folder / "mei")
     metrics: dict[str, Any] = {"mei_activation": m.mei_activation}
     spec: dict[str, Any] = {"mei": m.spec, "sweep": where}
@@ -124,4 +126,35 @@ def _save_unit(
         st = run_shift_test(net, layer, u, None, "max", settings.shift_settings(stride), mei=m)
         st.save(folder / "shift")
         metrics.update(shift_mean_ratio=st.mean_ratio, shift_min_ratio=st.min_ratio)
+    if "retention" in settings.tests and responsive:
+        _save_retention(net, folder, layer, u, settings, metrics, spec)
     return metrics, spec
+
+
+def _save_retention(
+    net: Network,
+    folder: Path,
+    layer: str,
+    u: int,
+    settings: SweepSettings,
+    metrics: dict[str, Any],
+    spec: dict[str, Any],
+) -> None:
+    """Run a unit's held-out retention check, write ``folder/retention`` and add its numbers to
+    ``metrics`` (``retention`` = overall, ``retention_<family>``) and its spec to ``spec``.
+
+    A unit whose retention is undefined (none of its top natural patches drives it above 0, or one has no
+    grating component whose phase can move, e.g. a uniform colour patch) gets no metric; the reason is
+    kept in ``spec["retention"]["skipped"]``.
+    """
+    from diversevis.methods.retention import FAMILIES, response_retention
+
+    try:
+        rr = response_retention(net, layer, u, **settings.retention_arguments())
+    except DiversevisError as e:
+        spec["retention"] = {"skipped": str(e)}
+        return
+    rr.save(folder / "retention")
+    metrics["retention"] = rr.overall
+    metrics.update({f"retention_{f}": getattr(rr, f) for f in FAMILIES})
+    spec["retention"] = rr.spec

@@ -3,7 +3,8 @@
 A sweep stores its settings (:meth:`SweepSettings.stored`) and a resumed sweep must match them; every
 chunk derives the per-method settings from them (:meth:`~SweepSettings.mei_settings`,
 :meth:`~SweepSettings.diverse_settings`, :meth:`~SweepSettings.shift_settings`), so the MEI, the diverse
-set and the tests of every unit run with the same contrast, seed and loop.
+set and the tests of every unit run with the same contrast, seed and loop
+(:meth:`~SweepSettings.retention_arguments` for the held-out ``retention`` test).
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ from diversevis.methods.settings import DiverseSettings, MEISettings, ShiftSetti
 
 __all__ = ["SweepSettings", "TESTS"]
 
-TESTS = ("dfv", "phase", "shift")
+TESTS = ("dfv", "phase", "shift", "retention")
+#: The ``retention`` test's top natural patches per unit and the pool they are the top of (method.md E.3).
+RETENTION_K, RETENTION_CANDIDATES = 32, 2048
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepSettings(Settings):
     """The per-unit work of a sweep.
 
-    ``tests`` are the analyses besides the MEI (``dfv``, ``phase``, ``shift``); ``n_images``, ``floor``
+    ``tests`` are the analyses besides the MEI (``dfv``, ``phase``, ``shift``, ``retention``: the held-out
+    check of :func:`~diversevis.methods.retention.response_retention`); ``n_images``, ``floor``
     (default 0.85: floor mode, every image at >= 0.85 x the MEI; ``None``: lambda mode with weight
     ``diversity``) and ``mean_floor`` the DFV set, which also gets the calibrated diversity index; ``distance_layer`` ``"auto"`` (the previous block's last conv), a layer
     or ``None`` (pixels); ``shift_stride`` the shift test's crop step (capped per layer so that at least
@@ -105,6 +109,18 @@ class SweepSettings(Settings):
             images=self.images,
             precision=self.precision,
         )
+
+    def retention_arguments(self) -> dict[str, Any]:
+        """Keywords of every unit's :func:`~diversevis.methods.retention.response_retention`: the top
+        :data:`RETENTION_K` of :data:`RETENTION_CANDIDATES` natural patches at the sweep's contrast, seed
+        and images."""
+        return {
+            "k": RETENTION_K,
+            "candidates": RETENTION_CANDIDATES,
+            "contrast": self.contrast,
+            "seed": self.seed,
+            "images": self.images,
+        }
 
     def shift_settings(self, stride: int) -> ShiftSettings:
         """A unit's shift test at ``stride`` (the sweep's stride capped for the unit's field)."""

@@ -54,6 +54,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("frequency", "freq. (c/px)", "preferred spatial frequency in cycles per pixel"),
     Column("shift_mean_ratio", "shift mean/MEI", "shift test: mean crop activation relative to the MEI"),
     Column("shift_min_ratio", "shift min/MEI", "shift test: worst crop activation relative to the MEI"),
+    Column(
+        "retention",
+        "retention",
+        "held-out check: mean fraction of the response to the top natural patches kept under sub-RF "
+        "shifts, phase shifts, small rotations and elastic deformations (1 = all kept)",
+    ),
+    Column(
+        "retention_phase",
+        "retention phase",
+        "held-out check: fraction kept when the phase of the patches' dominant grating moves "
+        "(1 = phase invariant, < 0 = the response changes sign)",
+    ),
 )
 
 # (metric, title, x-axis label, threshold line or None)
@@ -125,6 +137,16 @@ class Histogram:
     n: int
     width: int = round(HIST_SIZE[0] * 100)
     height: int = round(HIST_SIZE[1] * 100)
+
+
+@dataclass
+class Validation:
+    """The index page's held-out validation section (method.md E.3)."""
+
+    sentence: str
+    rows: list[dict[str, str]]  # validation.table: layer, score, retention, n, rho, p, expected, why
+    scatter: Histogram | None
+    skipped: int = 0  # units whose retention check ran but gave no number (reasons on their pages)
 
 
 @dataclass
@@ -365,7 +387,7 @@ def _layer_summary(units: list[UnitView]) -> list[tuple[str, str]]:
     failed = sum(1 for u in units if u.failed)
     if failed:
         out.append(("failed (not computed)", f"{failed} of {len(units)}"))
-    for key, *_ in HISTOGRAMS:
+    for key in (*(h[0] for h in HISTOGRAMS), "retention"):
         vals = [x for u in units if (x := _num(u.metrics.get(key))) is not None]
         if vals:
             out.append((f"median {labels[key]}", _fmt(float(np.median(vals)))))
@@ -438,6 +460,7 @@ def write_report(store_dir: str | os.PathLike, out: str | os.PathLike | None = N
     settings = settings if isinstance(settings, dict) else {}
     layers = _layer_views(rows, root, dest)
     context = _context(rows, settings, layers, root.name)
+    context["validation"] = _validation(rows, dest)
     return _render_pages(dest, context, layers)
 
 
@@ -465,6 +488,24 @@ def _layer_views(rows: list[dict[str, Any]], root: Path, dest: Path) -> list[Lay
             layer.histograms.append(Histogram(key, title, _url(png, dest), len(vals)))
         layers.append(layer)
     return layers
+
+
+def _validation(rows: list[dict[str, Any]], dest: Path) -> Validation | None:
+    """The validation section, or ``None`` when no unit has retention metrics; writes its scatter plot."""
+    from diversevis.study import validation as val
+
+    skipped = len(val.skipped(rows))
+    if not skipped and not any("retention" in r["metrics"] for r in rows):
+        return None
+    corr = val.correlations(rows)
+    png, scatter = val.scatter_png(rows), None
+    if png is not None:
+        path = dest / "hist" / "validation-di-retention.png"
+        atomic_write_bytes(path, png)
+        n = sum(c.n for c in corr if (c.score, c.retention) == ("di", "retention"))
+        w, h = (round(x * 100) for x in val.SCATTER_SIZE)
+        scatter = Histogram("retention", "DI vs overall retention", _url(path, dest), n, w, h)
+    return Validation(val.summary(corr), val.table(corr), scatter, skipped)
 
 
 def _context(
