@@ -214,3 +214,12 @@ def test_any_non_positive_or_non_finite_contrast_is_refused(contrast):
 def test_bad_target_is_refused(layer, unit):
     with pytest.raises(DiversevisError):
         response_retention(cell_network("simple", size=16), layer, unit, k=4, candidates=16)
+
+
+def test_a_uniform_patch_has_no_phase_retention_but_keeps_the_others():
+    from diversevis.methods.retention import _phase_batch
+
+    grating = 0.5 + 0.2 * torch.cos(torch.arange(8.0) * 2 * math.pi / 4).expand(3, 8, 8)
+    uniform = torch.full((3, 8, 8), 0.7)
+    out = _phase_batch(torch.stack([grating, uniform]), math.pi, band=math.inf)
+    assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all()

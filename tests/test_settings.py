@@ -106,8 +106,10 @@ def test_run_spec_records_every_setting_of_the_set():
 
 
 def test_sweep_stores_the_settings_stores_from_before_hold():
-    """Stores written before the settings classes keep resuming: the stored dict is unchanged."""
-    assert SweepSettings().stored("vgg16-paper") == {
+    """Lambda-mode stores written before floor mode keep resuming with floor=None (CLI: --floor none):
+    their stored dict is unchanged; floor mode adds its floors."""
+    assert SweepSettings().stored("m")["floor"] == 0.85 and SweepSettings().stored("m")["mean_floor"] is None
+    assert SweepSettings(floor=None).stored("vgg16-paper") == {
         "model": "vgg16-paper",
         "n_images": 6,
         "diversity": 0.01,

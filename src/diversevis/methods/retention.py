@@ -182,9 +182,18 @@ class _Step:
     matched: bool
 
 
+def _phase_shift_or_nan(p: Tensor, dphi: float, band: float) -> Tensor:
+    """:func:`shift_dominant_phase`, or nan pixels for a patch without a movable grating component
+    (a uniform patch): its phase retention is undefined and left out of the family's mean."""
+    try:
+        return shift_dominant_phase(p, dphi, band=band)
+    except DiversevisError:
+        return torch.full_like(p, math.nan)
+
+
 def _phase_batch(patches: Tensor, dphi: float, band: float) -> Tensor:
     """:func:`shift_dominant_phase` of every patch, rescaled to the patch's own norm around grey."""
-    out = torch.stack([shift_dominant_phase(p, dphi, band=band) for p in patches])
+    out = torch.stack([_phase_shift_or_nan(p, dphi, band) for p in patches])
     d0 = (patches - 0.5).flatten(1).norm(dim=1)
     d = (out - 0.5).flatten(1).norm(dim=1).clamp_min(1e-30)
     return 0.5 + (out - 0.5) * (d0 / d).view(-1, 1, 1, 1)
@@ -246,7 +255,11 @@ def _ratios(
     out = np.full((len(base), len(steps)), np.nan)
     for j, step in enumerate(tqdm(steps, desc="retention", disable=not progress, leave=False)):
         x = step.fn(ctx, base)
-        out[ok, j] = _responses(prob, x if step.matched else match(x))[ok] / r0[ok]
+        x = x if step.matched else match(x)
+        defined = torch.isfinite(x.flatten(1)).all(1).numpy()  # nan: transformation undefined there
+        r = _responses(prob, torch.where(torch.from_numpy(defined).view(-1, 1, 1, 1), x, 0.5))
+        rows = ok & defined
+        out[rows, j] = r[rows] / r0[rows]
     return r0, out
 
 

@@ -141,9 +141,13 @@ def _unit_rows(rows: Any) -> list[dict[str, Any]]:
 
 
 def _paired(rows: Iterable[dict[str, Any]], score: str, retention: str) -> tuple[list[float], list[float]]:
-    """The ``(score, retention)`` values of the units that have both finite."""
+    """The ``(score, retention)`` values of the units that have both finite (F1/F0 only where gratings
+    drive the unit, when the sweep stored the phase label)."""
     xs, ys = [], []
     for r in rows:
+        label = r["metrics"].get("phase_label")
+        if score == "f1_f0" and label is not None and not str(label).startswith(("complex-", "simple-")):
+            continue  # F1/F0 of a unit gratings do not drive is read off responses outside its range
         x, y = _finite(r["metrics"].get(score)), _finite(r["metrics"].get(retention))
         if x is not None and y is not None:
             xs.append(x)
