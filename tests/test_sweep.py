@@ -232,3 +232,14 @@ def test_a_lambda_mode_store_says_how_to_resume_it(tmp_path, vgg16_paper, capsys
     assert main(args) == 2
     assert "resume it with --floor none" in capsys.readouterr().err
     assert main([*args, "--floor", "none"]) == 0
+
+
+def test_a_unit_gratings_do_not_drive_gets_the_phase_test_on_its_own_mei(tmp_path, vgg16_paper):
+    store = sweep(vgg16_paper, ["conv2_1"], "3", out=tmp_path / "s", max_iter=60, tests=("dfv", "phase"),
+                  progress=False)  # fmt: skip
+    (row,) = store.rows()
+    m = row["metrics"]
+    assert "do not drive" in m["phase_label"]  # its best grating reaches ~12 % of the MEI
+    assert m["mei_f1_f0"] >= 0 and 0 <= m["mei_phase_modulation"] <= 1
+    assert (tmp_path / "s" / row["path"] / "mei_phase" / "mei_phase.json").is_file()
+    store.close()

@@ -118,6 +118,8 @@ def _save_unit(
         ph.save(folder / "phase")
         metrics.update(f1_f0=ph.f1_f0, orientation=ph.orientation, frequency=ph.frequency)
         metrics.update(phase_label=ph.label, grating_ratio=ph.grating_ratio)
+        if ph.drives is False:  # gratings do not drive it: probe the phase of its own MEI instead
+            metrics.update(_mei_phase(net, layer, u, m, folder))
     if "shift" in settings.tests and responsive:
         from diversevis.methods.shift import run_shift_test
 
@@ -158,3 +160,15 @@ def _save_retention(
     metrics["retention"] = rr.overall
     metrics.update({f"retention_{f}": getattr(rr, f) for f in FAMILIES})
     spec["retention"] = rr.spec
+
+
+def _mei_phase(net: Network, layer: str, u: int, m, folder: Path) -> dict[str, Any]:
+    """The phase test on the unit's own MEI (its dominant Fourier components shifted over a cycle)."""
+    from diversevis.methods.mei_phase import mei_phase_test
+
+    try:
+        mp = mei_phase_test(net, layer, u, mei=m)
+    except DiversevisError as e:  # e.g. a uniform MEI: no phase to move
+        return {"mei_phase_skipped": str(e)}
+    mp.save(folder / "mei_phase")
+    return {"mei_f1_f0": mp.f1_f0, "mei_phase_modulation": mp.modulation, "mei_phase_min_ratio": mp.min_ratio}

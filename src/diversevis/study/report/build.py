@@ -50,6 +50,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("dfv_min_distance", "DFV min dist.", "minimum pairwise RMS distance within the diverse set"),
     Column("dfv_mean_distance", "DFV mean dist.", "mean pairwise RMS distance within the diverse set"),
     Column("f1_f0", "F1/F0", "phase modulation of the grating response: < 1 complex-like, > 1 simple-like"),
+    Column(
+        "mei_f1_f0",
+        "MEI F1/F0",
+        "units gratings do not drive: F1/F0 over a phase cycle of the MEI's own pattern",
+    ),
     Column("orientation", "orient. (°)", "preferred grating orientation in degrees", 180.0 / math.pi),
     Column("frequency", "freq. (c/px)", "preferred spatial frequency in cycles per pixel"),
     Column("shift_mean_ratio", "shift mean/MEI", "shift test: mean crop activation relative to the MEI"),
