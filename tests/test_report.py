@@ -159,6 +159,7 @@ def test_the_report_shows_the_diversity_index_and_phase_labels(report):
     index = report.read_text(encoding="utf-8")
     assert 'data-key="di"' in index and "diversity index (pixels)" in index
     assert "of units gratings drive" in index and "not driven by gratings" in index
+    assert "F1/F0 (phase modulation), units gratings drive" in index  # the histogram counts those only
 
 
 def test_a_failed_unit_is_shown_with_its_reason_not_as_missing_files(store, tmp_path):

@@ -78,7 +78,7 @@ HISTOGRAMS: tuple[tuple[str, str, str, float | None], ...] = (
     ("di", "diversity index (pixels)", "DI: 0 = simple cell, 1 = complex cell", None),
     ("dfv_mean_ratio", "DFV mean activation / MEI", "mean activation of the diverse set / MEI", None),
     ("dfv_min_distance", "DFV min pairwise distance", "RMS distance (distance layer or pixels)", None),
-    ("f1_f0", "F1/F0 (phase modulation)", "F1/F0", 1.0),
+    ("f1_f0", "F1/F0 (phase modulation), units gratings drive", "F1/F0", 1.0),
     ("shift_min_ratio", "shift test: worst crop / MEI", "worst crop activation / MEI", None),
 )
 
@@ -469,6 +469,13 @@ def write_report(store_dir: str | os.PathLike, out: str | os.PathLike | None = N
     return _render_pages(dest, context, layers)
 
 
+def _histogram_units(units: list[UnitView], key: str) -> list[UnitView]:
+    """The units a histogram counts: for F1/F0, only those gratings drive (when the sweep labelled them)."""
+    if key != "f1_f0" or not any(u.metrics.get("phase_label") for u in units):
+        return units
+    return [u for u in units if u.kind in ("complex-like", "simple-like")]
+
+
 def _layer_views(rows: list[dict[str, Any]], root: Path, dest: Path) -> list[LayerView]:
     """One view per layer (in store order) with its units linked in order; writes its histograms."""
     layer_names = list(dict.fromkeys(r["layer"] for r in rows))
@@ -485,7 +492,7 @@ def _layer_views(rows: list[dict[str, Any]], root: Path, dest: Path) -> list[Lay
             a.next, b.prev = b, a
         layer = LayerView(name=name, href=lhref, units=units, summary=_layer_summary(units))
         for key, title, xlabel, threshold in HISTOGRAMS:
-            vals = [x for u in units if (x := _num(u.metrics.get(key))) is not None]
+            vals = [x for u in _histogram_units(units, key) if (x := _num(u.metrics.get(key))) is not None]
             if not vals:
                 continue
             png = dest / "hist" / f"{slugs[name]}-{key}.png"
