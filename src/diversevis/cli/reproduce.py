@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--preset",
         choices=["quick", "standard", "full"],
         default=None,
-        help="quick (3 units/layer), standard (16), full (64 units/layer: a GPU job)",
+        help="quick (3 units/layer), standard (32), full (64 units/layer: a GPU job)",
     )
     p.add_argument(
         "--units",
