@@ -24,13 +24,28 @@ def complex_cell():
 # ------------------------------------------------------------------ the augmented Lagrangian itself
 def test_penalty_is_zero_above_the_floor_and_quadratic_below_it_with_no_multiplier():
     fc = FloorConstraint(0.8, torch.tensor([2.0]), 2, rho=10.0, margin=0.0)
-    x = torch.zeros(2, 1, 2, 2)
-    d = torch.tensor([1.0])
-    above = fc.loss(x, torch.tensor([[1.8, 1.9]]), d, torch.tensor([0]))  # ratios 0.9, 0.95
-    assert above.item() == pytest.approx(-1.0)  # -D / D_0 only
-    fc = FloorConstraint(0.8, torch.tensor([2.0]), 2, rho=10.0, margin=0.0)
-    below = fc.loss(x, torch.tensor([[1.0, 1.9]]), d, torch.tensor([0]))  # ratio 0.5: violation 0.3
-    assert below.item() == pytest.approx(-1.0 + 10.0 * 0.3**2 / 2)
+    fc.d0[:] = 1.0
+    d, g = torch.tensor([1.0]), torch.tensor([0])
+    above = torch.tensor([[0.9, 0.95]])
+    assert fc.lagrangian(above, d, g).item() == pytest.approx(-1.0)  # -D / D_0 only
+    below = torch.tensor([[0.5, 0.95]])  # violation 0.3
+    assert fc.lagrangian(below, d, g).item() == pytest.approx(-1.0 + 10.0 * 0.3**2 / 2)
+    assert fc.merit(below, d, g).item() == pytest.approx(-1.0 + fc.merit_weight * 0.3**2)
+
+
+def test_the_loop_sees_the_merit_and_follows_the_lagrangians_gradient():
+    fc = FloorConstraint(0.85, torch.tensor([1.0]), 2, rho=10.0)
+    fc.mu[:] = 0.5
+    a = torch.tensor([[0.6, 0.95]], requires_grad=True)
+    d = torch.tensor([0.3], requires_grad=True)
+    loss = fc.loss(torch.zeros(2, 1, 1, 1), a, d, torch.tensor([0]))
+    ga, gd = torch.autograd.grad(loss.sum(), (a, d))
+    fc2 = FloorConstraint(0.85, torch.tensor([1.0]), 2, rho=10.0)
+    fc2.mu[:], fc2.d0[:] = 0.5, fc.d0
+    a2, d2 = a.detach().requires_grad_(), d.detach().requires_grad_()
+    ea, ed = torch.autograd.grad(fc2.lagrangian(a2, d2, torch.tensor([0])).sum(), (a2, d2))
+    torch.testing.assert_close((ga, gd), (ea, ed))
+    assert loss.item() == pytest.approx(fc2.merit(a2, d2, torch.tensor([0])).item())
 
 
 def test_multipliers_grow_while_an_image_is_below_the_floor_and_never_go_negative():
@@ -49,11 +64,11 @@ def test_gradient_of_the_penalty_matches_finite_differences():
     fc = FloorConstraint(0.85, torch.tensor([1.5], dtype=torch.float64), 3, rho=7.0)
     a = torch.tensor([[1.0, 1.4, 1.2]], dtype=torch.float64, requires_grad=True)
 
+    fc.mu[:] = torch.tensor([[0.2, 0.0, 1.0]])
+    fc.d0[:] = 1.0
+
     def f(a):
-        fc.mu[:] = torch.tensor([[0.2, 0.0, 1.0]])  # the same multipliers for every evaluation
-        fc.d0[:] = 1.0
-        x = torch.zeros(3, 1, 1, 1, dtype=torch.float64)
-        return fc.loss(x, a, torch.tensor([0.5], dtype=torch.float64), torch.tensor([0]))
+        return fc.lagrangian(a / 1.5, torch.tensor([0.5], dtype=torch.float64), torch.tensor([0]))
 
     assert torch.autograd.gradcheck(f, (a,))
 

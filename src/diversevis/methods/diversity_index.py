@@ -135,7 +135,7 @@ def _reference_filters(hw: tuple[int, int], channels: int, device) -> tuple[torc
 def _key(prob: Problem, s: DiverseSettings, floor: float) -> str:
     """A digest of everything the references depend on (for the caches)."""
     parts: dict[str, Any] = {
-        "v": 2,
+        "v": 3,
         "hw": list(image_hw(prob.placement.image_size)),
         "channels": prob.net.in_channels,
         "norm": round(float(prob.norm), 6),

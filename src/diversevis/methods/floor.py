@@ -12,6 +12,11 @@ multiplier ``mu_i`` per image and one ``nu`` per group for the mean, inside the 
     loss = -D / D_0 + sum_i (max(0, mu_i + rho g_i)^2 - mu_i^2) / (2 rho)  [+ the same for the mean]
     mu_i <- max(0, mu_i + eta g_i)                                (after every step, no gradient)
 
+The loop follows the gradient of ``loss`` but sees the value of a fixed merit,
+``-D / D_0 + w sum_i max(0, g_i)^2``, so that its early stopping waits until both the diversity and the
+violations have stopped improving (the moving multipliers would otherwise make successive values
+incomparable and stop runs before they reach the floor).
+
 ``D_0`` is the diversity of the starting images (so the objective is scale-free), ``margin`` keeps
 the iterates slightly above the floor. The loop's best-loss iterate is meaningless while the
 multipliers move, so :class:`FloorConstraint` also keeps each group's *most diverse feasible* iterate
@@ -54,6 +59,9 @@ class FloorConstraint:
         The group's mean activation must be ``>= mean_floor * mei``.
     rho, eta : float
         Penalty parameter and multiplier step.
+    merit_weight : float
+        Weight of the squared violations in the value the loop sees (its early stopping and best-loss
+        bookkeeping compare values across steps; the gradient is the Lagrangian's).
     margin : float
         The optimisation aims at ``floor + margin`` so that the result is above ``floor``.
     """
@@ -63,8 +71,9 @@ class FloorConstraint:
     n_images: int
     mean_floor: float | None = None
     rho: float = 10.0
-    eta: float = 1.0
+    eta: float = 5.0
     margin: float = 0.01
+    merit_weight: float = 100.0
     mu: torch.Tensor = field(init=False)
     nu: torch.Tensor = field(init=False)
     d0: torch.Tensor = field(init=False)
@@ -105,14 +114,33 @@ class FloorConstraint:
             fresh = torch.isnan(self.d0[groups])
             self.d0[groups] = torch.where(fresh, d.detach().abs().clamp_min(1e-12), self.d0[groups])
         r = a / self.mei[groups, None]
-        mu, nu = self.mu[groups], self.nu[groups]
+        lagrangian = self.lagrangian(r, d, groups)
+        merit = self.merit(r, d, groups)
+        self._step(x, r.detach(), d.detach(), groups, (self.floor + self.margin) - r.detach())
+        # the loop sees the merit's value (its early stopping compares values across steps, which the
+        # moving multipliers would make meaningless) and follows the Lagrangian's gradient
+        return merit.detach() + (lagrangian - lagrangian.detach())
+
+    def _violations(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``g`` ``(B, N)`` of the images and ``g_mean`` ``(B,)`` of the set (``None`` without a mean floor)."""
         g = (self.floor + self.margin) - r
+        gm = None if self.mean_floor is None else (self.mean_floor + self.margin) - r.mean(1)
+        return g, gm
+
+    def lagrangian(self, r: torch.Tensor, d: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """The augmented Lagrangian ``(B,)`` at ratios ``r`` ``(B, N)`` and diversities ``d`` (no side effects)."""
+        g, gm = self._violations(r)
+        mu, nu = self.mu[groups], self.nu[groups]
         pen = ((mu + self.rho * g).clamp_min(0) ** 2 - mu**2).sum(1) / (2 * self.rho)
-        if self.mean_floor is not None:
-            gm = (self.mean_floor + self.margin) - r.mean(1)
+        if gm is not None:
             pen = pen + ((nu + self.rho * gm).clamp_min(0) ** 2 - nu**2) / (2 * self.rho)
-        self._step(x, r.detach(), d.detach(), groups, g.detach())
         return -d / self.d0[groups] + pen
+
+    def merit(self, r: torch.Tensor, d: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """``-D / D_0 + merit_weight * sum max(0, g)^2`` ``(B,)``: comparable across multiplier steps."""
+        g, gm = self._violations(r)
+        out = -d / self.d0[groups] + self.merit_weight * (g.clamp_min(0) ** 2).sum(1)
+        return out if gm is None else out + self.merit_weight * gm.clamp_min(0) ** 2
 
     @torch.no_grad()
     def _step(self, x: torch.Tensor, r: torch.Tensor, d: torch.Tensor, groups: torch.Tensor, g) -> None:
