@@ -282,7 +282,12 @@ def _title(spec: dict[str, Any]) -> str:
     parts = [str(spec.get("model", "")), str(spec.get("layer", "")), what]
     if spec.get("method") == "diverse":
         dl = spec.get("distance_layer") or "pixels"
-        parts.append(f"lambda={spec.get('diversity')} ({spec.get('distance', 'min')} dist. in {dl})")
+        mode = (
+            f"floor {spec['floor']:g}" if spec.get("floor") is not None else f"lambda={spec.get('diversity')}"
+        )
+        di = spec.get("diversity_index")
+        index = f", DI {di['di']:.2f}" if isinstance(di, dict) and di.get("di") is not None else ""
+        parts.append(f"{mode} ({spec.get('distance', 'min')} dist. in {dl}{index})")
     return "  ".join(p for p in parts if p)
 
 
