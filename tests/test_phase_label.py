@@ -139,3 +139,12 @@ def test_phase_result_shows_itself_in_a_notebook(dot):
     html = dot._repr_html_()
     assert '<img src="data:image/png;base64,' in html and "gratings do not drive" in html
     assert np.isfinite(dot.phase_curve).all()
+
+
+def test_grating_verdict_reads_a_stored_label_as_a_verdict_only_where_gratings_drive():
+    from diversevis.methods.phase_result import NOT_DRIVEN, grating_verdict
+
+    assert grating_verdict("complex-like") == "complex-like"
+    assert grating_verdict("simple-like (not checked against the MEI)") == "simple-like"
+    assert grating_verdict(NOT_DRIVEN) is None and grating_verdict(None) is None
+    assert grating_verdict("undefined: the unit never fires over the phase sweep") is None

@@ -25,13 +25,23 @@ from diversevis.core.errors import DiversevisError
 from diversevis.core.result import png_html
 from diversevis.methods.phase_plot import plot_phase
 
-__all__ = ["DRIVE_THRESHOLD", "NOT_DRIVEN", "PhaseResult"]
+__all__ = ["DRIVE_THRESHOLD", "NOT_DRIVEN", "PhaseResult", "grating_verdict"]
 
 #: Fraction of the MEI activation the best grating must reach for a simple-/complex-like label.
 DRIVE_THRESHOLD = 0.3
 
 #: The label of a unit whose best grating stays below ``drive_threshold`` of its MEI.
 NOT_DRIVEN = "gratings do not drive this unit"
+
+
+def grating_verdict(label: Any) -> str | None:
+    """``"complex-like"`` or ``"simple-like"`` when a stored phase label is a verdict (gratings drive the
+    unit), else ``None`` (not driven, undefined, or no label); "(not checked against the MEI)" counts."""
+    text = str(label or "")
+    for kind in ("complex-like", "simple-like"):
+        if text.startswith(kind):
+            return kind
+    return None
 
 
 @dataclass

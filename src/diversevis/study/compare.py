@@ -26,6 +26,7 @@ import numpy as np
 
 from diversevis.core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text, output_dir
 from diversevis.core.errors import DiversevisError
+from diversevis.methods.phase_result import grating_verdict
 from diversevis.study.store import Store
 
 __all__ = [
@@ -81,8 +82,8 @@ def _phase_fractions(labels: list[str], f1_f0: np.ndarray) -> dict[str, float | 
     """Complex-like among the units gratings drive, and the fraction gratings do not drive; stores
     without phase labels (older sweeps) fall back to F1/F0 < 1 over every unit."""
     if labels:
-        driven = [x for x in labels if x.startswith(("complex-like", "simple-like"))]
-        complex_like = sum(x.startswith("complex-like") for x in driven)
+        driven = [v for x in labels if (v := grating_verdict(x))]
+        complex_like = driven.count("complex-like")
         return {
             "frac_complex_like": complex_like / len(driven) if driven else None,
             "frac_not_driven": 1 - len(driven) / len(labels),

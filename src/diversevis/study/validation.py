@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from diversevis.methods.phase_result import grating_verdict
+
 __all__ = ["PAIRS", "MIN_UNITS", "Pair", "Correlation", "rank_correlation", "correlations", "summary"]
 __all__ += ["skipped", "table", "scatter_png"]
 
@@ -146,7 +148,7 @@ def _paired(rows: Iterable[dict[str, Any]], score: str, retention: str) -> tuple
     xs, ys = [], []
     for r in rows:
         label = r["metrics"].get("phase_label")
-        if score == "f1_f0" and label is not None and not str(label).startswith(("complex-", "simple-")):
+        if score == "f1_f0" and label is not None and grating_verdict(label) is None:
             continue  # F1/F0 of a unit gratings do not drive is read off responses outside its range
         x, y = _finite(r["metrics"].get(score)), _finite(r["metrics"].get(retention))
         if x is not None and y is not None:

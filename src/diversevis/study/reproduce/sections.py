@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from diversevis.methods.phase_result import DRIVE_THRESHOLD
+from diversevis.methods.phase_result import DRIVE_THRESHOLD, grating_verdict
 from diversevis.study.reproduce.config import (
     COMPLEX_F1F0,
     DI_INVARIANT,
@@ -178,9 +178,7 @@ def _invariance_table(vgg: list[dict], layers: list[str]) -> tuple[list[str], li
     for la in layers:
         lr = [r for r in vgg if r["layer"] == la]
         kinds = [classify_unit(r) for r in lr]
-        driven = [
-            r for r in lr if str(r.get("phase_label") or "").startswith(("complex-like", "simple-like"))
-        ]
+        driven = [r for r in lr if grating_verdict(r.get("phase_label"))]
         f = _finite(driven, "f1_f0")
         sh = _finite(lr, "shift_min_ratio")
         di = _finite(lr, "di")

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from diversevis.methods.phase_result import grating_verdict
 from diversevis.study.reproduce.config import (
     COMPLEX_F1F0,
     DEFORMATION_PIXEL_DISTANCE,
@@ -50,7 +51,7 @@ def classify_unit(m: dict[str, Any]) -> str:
     invariant = m["di"] >= DI_INVARIANT
     label = str(m.get("phase_label") or "")
     f = m.get("f1_f0")
-    if not label.startswith(("complex-like", "simple-like")) or f is None or not np.isfinite(f):
+    if grating_verdict(label) is None or f is None or not np.isfinite(f):
         return "invariant, no grating verdict" if invariant else "selective"
     if f < PHASE_INVARIANT_F1F0 and invariant:
         return "phase-invariant"
