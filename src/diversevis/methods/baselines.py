@@ -364,33 +364,15 @@ def compare_baselines(
         )
         extra["gram_lambda"] = lam
     if natural and net.in_channels == 3:
-        from diversevis.methods.exemplars import diverse_exemplars, top_patches
-
-        top = top_patches(
-            net,
-            layer,
-            unit,
-            k=exemplar_k,
-            candidates=exemplar_candidates,
-            norm=m.spec["norm"],
-            images=images,
-            seed=seed,
+        sets["natural"], extra["natural_top1_ratio"] = _natural_set(
+            net, layer, unit, m, n_images, distance_layer, exemplar_k, exemplar_candidates, images, seed
         )
-        sub = diverse_exemplars(top, n_images, distance_layer=distance_layer)
-        sets["natural"] = sub.as_result(mei_activation=mei_act)
-        extra["natural_top1_ratio"] = float(top.activations[0]) / mei_act
-
     settings = DiverseSettings(
         n_images=n_images, distance_layer=distance_layer, seed=seed, max_iter=max_iter, floor=floor
     )
     cal_floor = calibration_floor(float(sets["dfv"].ratios.min()), floor)
     cal = calibrate(prob, settings, cal_floor, progress=progress)
-    rows = []
-    for name, res in sets.items():
-        with torch.no_grad():
-            acts, feats = prob.evaluate(res.images.to(net.device))
-        index = cal.index(set_distances(res.images, feats.cpu() if distance_layer is not None else None))
-        rows.append({"method": name, **set_metrics(acts.cpu(), feats.cpu(), mei_act), **index})
+    rows = [{"method": name, **_set_row(prob, res, mei_act, cal)} for name, res in sets.items()]
     extra["di_calibration"] = cal.as_dict()
     spec = _common_spec(
         method="compare_baselines",
@@ -406,3 +388,27 @@ def compare_baselines(
         device=str(net.device),
     )
     return Comparison(rows=rows, sets=sets, mei_activation=mei_act, spec=spec, extra=extra)
+
+
+def _natural_set(
+    net: Network, layer: str, unit: int, m: Result, n_images: int, distance_layer: str | None,
+    k: int, candidates: int, images: str | Path | None, seed: int,
+) -> tuple[Result, float]:  # fmt: skip
+    """The natural-exemplar baseline at the MEI's norm: a max-min subset of the top ``k`` of
+    ``candidates`` patches, and the best patch's activation relative to the MEI."""
+    from diversevis.methods.exemplars import diverse_exemplars, top_patches
+
+    top = top_patches(
+        net, layer, unit, k=k, candidates=candidates, norm=m.spec["norm"], images=images, seed=seed
+    )
+    sub = diverse_exemplars(top, n_images, distance_layer=distance_layer)
+    return sub.as_result(mei_activation=m.mei_activation), float(top.activations[0]) / m.mei_activation
+
+
+def _set_row(prob: Problem, res: Result, mei_act: float, cal) -> dict[str, Any]:
+    """One set's metrics (:func:`set_metrics`) and calibrated diversity index, in the problem's space."""
+    with torch.no_grad():
+        acts, feats = prob.evaluate(res.images.to(prob.net.device))
+    feats = feats.cpu()
+    index = cal.index(set_distances(res.images, feats if prob.distance_layer is not None else None))
+    return {**set_metrics(acts.cpu(), feats, mei_act), **index}
