@@ -205,8 +205,9 @@ def _run_references(prob: Problem, s: DiverseSettings, floor: float, progress: b
         d = diversity_value(f.reshape(-1, N, *f.shape[1:]), s.distance, s.tau)
         return fc.loss(x, responses(x, groups), d, groups)
 
-    loop = {k: v for k, v in s.loop().items()}
-    optimize_groups(param, loss_fn, groups=G, **loop, progress=progress, desc="DI references", compact=True)
+    optimize_groups(
+        param, loss_fn, groups=G, **s.loop(), progress=progress, desc="DI references", compact=True
+    )
     stats: dict[str, list[dict[str, float]]] = {"simple": [], "complex": []}
     for g in range(G):
         images, _ = fc.images(g)
