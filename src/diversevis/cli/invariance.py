@@ -11,6 +11,7 @@ from diversevis.cli.common import (
     add_model_args,
     add_optim_args,
     add_out_args,
+    add_precision_arg,
     add_target_args,
     direction,
     fraction,
@@ -68,8 +69,37 @@ def add_shift_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         help=f"restarts of the MEI (default: {ShiftSettings.mei_restarts})",
     )
     add_crop_arg(p, "crops")
+    p.add_argument(
+        "--crops-per-step",
+        type=_crops_per_step,
+        default=ShiftSettings.crops_per_step,
+        metavar="K|all",
+        help="crops the optimiser sees per step: the worst crops of the latest full evaluation plus an "
+        "even lattice of the others, every crop each --refresh steps; 'all' = every crop at every step, "
+        f"the reference, several times slower (default: {ShiftSettings.crops_per_step})",
+    )
+    p.add_argument(
+        "--refresh",
+        type=positive_int,
+        default=ShiftSettings.refresh,
+        help=f"steps between full evaluations of every crop (default: {ShiftSettings.refresh})",
+    )
+    add_precision_arg(p)
     add_optim_args(p, lr=ShiftSettings.lr, max_iter=ShiftSettings.max_iter)
     return p
+
+
+def _crops_per_step(text: str) -> int | None:
+    """``all`` -> ``None`` (every crop at every step); else an integer >= 2."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 or 'all', got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 or 'all', got {value}")
+    return value
 
 
 def run_shift(args: argparse.Namespace) -> int:

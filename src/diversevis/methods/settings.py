@@ -15,6 +15,7 @@ from typing import Any
 from diversevis.core.checks import IMAGES_MAX, check_fields, check_loop
 from diversevis.core.errors import DiversevisError
 from diversevis.core.objectives import DIVERSITIES
+from diversevis.core.precision import check_precision
 from diversevis.core.settings import Settings
 
 __all__ = ["MEISettings", "DiverseSettings", "ShiftSettings", "CROPS"]
@@ -144,6 +145,15 @@ class ShiftSettings(Settings):
     gradient; ``crop="effective"`` sizes the crops by the unit's effective receptive field (a square
     about the box holding 95 % of the MEI's gradient energy) instead of the nominal one; the rest as
     :class:`MEISettings` (reference loop: lr 0.1, 700 iterations).
+
+    ``crops_per_step`` selects the optimiser: ``None`` evaluates every crop at every step (the reference);
+    a number ``k`` evaluates about ``k`` crops per step, half of them the worst crops of the latest full
+    evaluation and half an evenly spaced lattice of the others at a random phase (an unbiased estimate of
+    the mean), with a full evaluation of every crop each ``refresh`` steps that picks the best texture,
+    refreshes the worst crops and stops the run once the mean and worst crop ratios plateau over
+    ``patience`` steps (:mod:`~diversevis.methods.shift_subset`). The reported ratios always come from a
+    full evaluation of every crop. ``precision`` is the forward pass's (``fp32``, ``bf16``); the final
+    evaluation is always fp32.
     """
 
     weight_min: float = 0.5
@@ -160,10 +170,19 @@ class ShiftSettings(Settings):
     mei_restarts: int = 4
     images: str | Path | None = None
     crop: str = "nominal"
+    crops_per_step: int | None = 64
+    refresh: int = 10
+    precision: str = "fp32"
 
     def check(self) -> None:
         _check_crop(self.crop)
-        check_fields(self, ints=[("stride", 1), ("mei_restarts", 1)], floats=[("weight_min", 0.0, 1.0)])
+        check_fields(
+            self,
+            ints=[("stride", 1), ("mei_restarts", 1), ("crops_per_step", 2), ("refresh", 1)],
+            floats=[("weight_min", 0.0, 1.0)],
+            optional=["crops_per_step"],
+        )
+        check_precision(self.precision)
         _check_common(self)
 
     def mei_settings(self, norm: float | None = None) -> MEISettings:
