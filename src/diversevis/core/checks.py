@@ -16,7 +16,17 @@ import torch
 
 from diversevis.core.errors import DiversevisError
 
-__all__ = ["SEED_MAX", "SIDE_MAX", "IMAGES_MAX", "finite", "integer", "check_fields", "check_loop"]
+__all__ = [
+    "SEED_MAX",
+    "SIDE_MAX",
+    "IMAGES_MAX",
+    "STOPS",
+    "finite",
+    "integer",
+    "check_fields",
+    "check_loop",
+    "check_stop",
+]
 
 #: Largest seed torch's generator takes (a signed 64-bit integer).
 SEED_MAX = 2**63 - 1
@@ -24,6 +34,8 @@ SEED_MAX = 2**63 - 1
 SIDE_MAX = 8192
 #: Most images one set may hold (a batch beyond it cannot be held in memory at any useful size).
 IMAGES_MAX = 65536
+#: The optimisation loop's stopping rules (:mod:`diversevis.core.optimize`).
+STOPS = ("ema", "plateau")
 
 
 def _as_number(value: Any) -> Any:
@@ -111,9 +123,26 @@ def check_fields(
             object.__setattr__(settings, name, value)
 
 
+def check_stop(
+    stop: Any, window: Any, rtol: Any, atol: Any = 0.0, *, names: tuple[str, str] = ("window", "rtol")
+) -> None:
+    """Check a stopping rule: ``stop`` one of :data:`STOPS`, ``window`` 0 (off) or an integer ``>= 2``,
+    ``rtol`` (a number or one per watched quantity) and ``atol`` finite and ``>= 0`` (``names``: how
+    the messages call window and rtol)."""
+    if not isinstance(stop, str) or stop not in STOPS:
+        raise DiversevisError(f"unknown stop rule {stop!r}; choose one of {', '.join(STOPS)}")
+    if integer(names[0], window, 0, SEED_MAX) == 1:
+        raise DiversevisError(f"{names[0]} must be 0 (no plateau stopping) or an integer >= 2, got 1")
+    for r in rtol if isinstance(rtol, (tuple, list)) else [rtol]:
+        finite(names[1], r, 0.0)
+    finite("atol", atol, 0.0)
+
+
 def check_loop(settings: Any) -> None:
     """Check the optimisation loop's fields a settings object has: ``lr > 0``, ``max_iter >= 1``,
-    ``patience >= 0`` (both at most ``SEED_MAX``), ``ema`` in ``[0, 1)``, ``seed`` in ``[0, SEED_MAX]`` (all finite)."""
+    ``patience >= 0`` (both at most ``SEED_MAX``), ``ema`` in ``[0, 1)``, ``seed`` in ``[0, SEED_MAX]`` (all finite);
+    ``stop`` one of :data:`STOPS`, ``plateau_window`` 0 or ``>= 2``, ``plateau_rtol`` (and
+    ``plateau_rtol_diversity``) ``>= 0``; the plateau fields may be ``None`` (the method's default)."""
     has = set(settings.names())
     check_fields(
         settings,
@@ -127,3 +156,20 @@ def check_loop(settings: Any) -> None:
     if "ema" in has:
         value = finite("ema", settings.ema, 0.0, 1.0, open_hi=True)
         object.__setattr__(settings, "ema", value)
+    if "stop" in has:
+        _check_plateau_fields(settings, has)
+
+
+def _check_plateau_fields(settings: Any, has: set[str]) -> None:
+    """``stop`` and the plateau rule's fields (``None`` allowed) of a settings object."""
+    if not isinstance(settings.stop, str) or settings.stop not in STOPS:
+        raise DiversevisError(f"unknown stop rule {settings.stop!r}; choose one of {', '.join(STOPS)}")
+    rtols = [f for f in ("plateau_rtol", "plateau_rtol_diversity") if f in has]
+    check_fields(
+        settings,
+        ints=[("plateau_window", 0, SEED_MAX)],
+        floats=[(f, 0.0) for f in rtols],
+        optional=["plateau_window", *rtols],
+    )
+    if settings.plateau_window == 1:
+        raise DiversevisError("plateau_window must be 0 (no plateau stopping) or an integer >= 2, got 1")

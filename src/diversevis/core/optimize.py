@@ -1,9 +1,16 @@
-"""The optimisation loop shared by every method: Adam, EMA-loss early stopping, best iterate, callbacks.
+"""The optimisation loop shared by every method: Adam, early stopping, best iterate, callbacks.
 
-Early stopping follows the reference code (method.md A.8): ``ema_0 = L_0``,
-``ema_t = alpha * ema_{t-1} + (1 - alpha) * L_t``; the run stops once the EMA has not reached a new
-minimum for more than ``patience`` consecutive iterations. Unlike the reference code the loop returns
-the *best* iterate (lowest loss seen), not the last one.
+Two stopping rules (``stop``):
+
+* ``"ema"`` follows the reference code (method.md A.8): ``ema_0 = L_0``,
+  ``ema_t = alpha * ema_{t-1} + (1 - alpha) * L_t``; the run stops once the EMA has not reached a new
+  minimum for more than ``patience`` consecutive iterations.
+* ``"plateau"`` (:mod:`diversevis.core.plateau`) stops once every quantity the loss function watches
+  (it returns a :class:`~diversevis.core.plateau.Watched`: the losses, ``(B, K)`` values and whether
+  each group may stop yet) has drifted by at most ``rtol * |value| + atol`` between the two halves of
+  the last ``window`` iterations; a loss function that watches nothing has its loss watched.
+
+Unlike the reference code the loop returns the *best* iterate (lowest loss seen), not the last one.
 
 All bookkeeping (loss history, EMA, best images) stays on the device; the host synchronises only every
 ``check_every`` steps (1 on CPU, where it is free; 25 on GPUs).
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +33,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from diversevis.core.checks import check_stop
 from diversevis.core.errors import DiversevisError
+from diversevis.core.plateau import Watched, WatchHistory
 from diversevis.core.precision import check_precision, precision_context
 
-__all__ = ["StepInfo", "OptimizeResult", "NonFiniteError", "Interrupted", "PartialRun", "optimize"]
+__all__ = [
+    "StepInfo",
+    "OptimizeResult",
+    "NonFiniteError",
+    "Interrupted",
+    "PartialRun",
+    "Watched",
+    "optimize",
+    "optimize_groups",
+]
 
 #: Rows of one chunk of the loss history.
 _HISTORY_CHUNK = 1024
@@ -124,6 +142,9 @@ class OptimizeResult:
         ``(n_iter,)`` loss per iteration.
     seconds : float
         Wall time of the loop.
+    watched : numpy.ndarray, optional
+        ``(n_iter, K)`` the values the loss function watched (:class:`Watched`) per iteration; ``None``
+        when it watched nothing.
     """
 
     images: torch.Tensor
@@ -133,6 +154,7 @@ class OptimizeResult:
     stopped_early: bool
     history: np.ndarray
     seconds: float
+    watched: np.ndarray | None = None
 
     def summary(self) -> dict[str, int | bool | float]:
         """The run's counts and timing, for run specs."""
@@ -146,12 +168,16 @@ class OptimizeResult:
 
 def optimize(
     param: nn.Module,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor], torch.Tensor | Watched],
     *,
     lr: float = 1.0,
     max_iter: int = 1000,
     patience: int = 100,
     ema: float = 0.9,
+    stop: str = "ema",
+    window: int = 100,
+    rtol: float | Sequence[float] = 0.005,
+    atol: float | Sequence[float] = 0.0,
     check_every: int | None = None,
     callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
     progress: bool = False,
@@ -165,15 +191,24 @@ def optimize(
     param : nn.Module
         Image parametrisation; ``param()`` returns the images ``(N, C, H, W)``.
     loss_fn : callable
-        Images -> scalar loss tensor.
+        Images -> scalar loss tensor, or a :class:`Watched` (the loss, the ``(K,)`` quantities the
+        plateau rule watches and whether the run may stop yet).
     lr : float
         Adam learning rate (betas 0.9/0.999, eps 1e-8 as in TensorFlow).
     max_iter : int
         Maximum number of iterations.
     patience : int
-        Stop when the EMA loss has not improved for more than this many iterations (``0`` disables).
+        ``stop="ema"``: stop when the EMA loss has not improved for more than this many iterations
+        (``0`` disables).
     ema : float
         EMA coefficient ``alpha``.
+    stop : {"ema", "plateau"}
+        The stopping rule (module docstring).
+    window : int
+        ``stop="plateau"``: iterations compared (two halves; ``0`` disables, else ``>= 2``).
+    rtol, atol : float or sequence of float
+        ``stop="plateau"``: relative and absolute tolerance on a watched value's drift per window
+        (one number, or one per watched quantity).
     check_every : int, optional
         Host-synchronisation period for early stopping, progress and callbacks.
     callbacks : iterable of callables
@@ -203,6 +238,10 @@ def optimize(
         max_iter=max_iter,
         patience=patience,
         ema=ema,
+        stop=stop,
+        window=window,
+        rtol=rtol,
+        atol=atol,
         check_every=check_every,
         callbacks=callbacks,
         progress=progress,
@@ -213,13 +252,17 @@ def optimize(
 
 def optimize_groups(
     param: nn.Module,
-    loss_fn: Callable[..., torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor | Watched],
     *,
     groups: int,
     lr: float = 1.0,
     max_iter: int = 1000,
     patience: int = 100,
     ema: float = 0.9,
+    stop: str = "ema",
+    window: int = 100,
+    rtol: float | Sequence[float] = 0.005,
+    atol: float | Sequence[float] = 0.0,
     check_every: int | None = None,
     callbacks: Iterable[Callable[[StepInfo], bool | None]] = (),
     progress: bool = False,
@@ -230,11 +273,12 @@ def optimize_groups(
     """Optimise ``groups`` independent problems in one batch, each with its own early stopping.
 
     ``param()`` returns ``groups * M`` images, group ``g`` owning images ``g * M .. (g + 1) * M - 1``;
-    ``loss_fn`` returns one loss per group, ``(groups,)`` (or a scalar when ``groups == 1``), and must
-    make group ``g``'s loss depend only on group ``g``'s images. Adam is elementwise, so each group follows
-    exactly the trajectory it would follow alone; a group whose EMA loss stops improving is *frozen*:
-    its best iterate, loss history and iteration count are final, and the run ends when every group is
-    frozen (or a callback stops it).
+    ``loss_fn`` returns one loss per group, ``(groups,)`` (or a scalar when ``groups == 1``), or a
+    :class:`Watched` with them and ``(groups, K)`` watched values, and must make group ``g``'s loss
+    depend only on group ``g``'s images. Adam is elementwise, so each group follows exactly the
+    trajectory it would follow alone; a group that meets the stopping rule on its own (its EMA loss
+    stops improving, or its watched values plateau) is *frozen*: its best iterate, loss history and
+    iteration count are final, and the run ends when every group is frozen (or a callback stops it).
 
     Parameters
     ----------
@@ -244,8 +288,8 @@ def optimize_groups(
         its rows group by group (leading dimension ``active_groups * rows_per_group``); they are sliced
         in place together with Adam's state, and ``loss_fn`` is called as ``loss_fn(images, groups)``
         with ``groups`` the ``(B,)`` long tensor of the original indices of the groups in the batch,
-        returning ``(B,)`` losses. Without ``compact`` (default) frozen groups ride along in the batch
-        and ``loss_fn(images)`` is called.
+        returning ``(B,)`` losses (or a :class:`Watched` of ``B`` groups). Without ``compact``
+        (default) frozen groups ride along in the batch and ``loss_fn(images)`` is called.
 
     Other parameters are those of :func:`optimize`.
 
@@ -263,6 +307,7 @@ def optimize_groups(
     if max_iter < 1:
         raise ValueError("max_iter must be >= 1")
     _check_lr(lr)
+    check_stop(stop, window, rtol, atol)
     check_precision(precision)
     params = [p for p in param.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
@@ -272,10 +317,9 @@ def optimize_groups(
     callbacks = list(callbacks)
     G = groups
     if compact:
-        bad_rows = [tuple(p.shape) for p in params if p.dim() == 0 or p.shape[0] % G]
-        if bad_rows:
-            raise ValueError(f"compact=True needs parameters with groups ({G}) x rows, got shapes {bad_rows}")
+        _check_rows(params, G)
     state = _GroupState.start(G, max_iter, device)
+    watch = WatchHistory(G, state.chunk, device)
     idx = torch.arange(G, device=device)  # original indices of the groups in the batch
     bar = _progress_bar(max_iter, desc) if progress else None
     t0 = time.perf_counter()
@@ -285,7 +329,8 @@ def optimize_groups(
         for it in range(max_iter):
             images = param()
             with precision_context(device, precision):
-                losses = (loss_fn(images, idx) if compact else loss_fn(images)).reshape(len(idx)).float()
+                out = loss_fn(images, idx) if compact else loss_fn(images)
+            losses = _record_watched(watch, it, out, idx, stop)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             lt = losses.detach()
@@ -299,7 +344,8 @@ def optimize_groups(
                 if callbacks and _callbacks_stop(callbacks, it, lt, state.ema_t, images):
                     stopped_by_callback = True
                     break
-                if patience > 0 and state.freeze_converged(it, patience):
+                done = _converged(state, watch, it, stop, patience, window, rtol, atol)
+                if done is not None and state.freeze(it, done):
                     if not bool(state.active.any()):
                         break
                     if compact:
@@ -314,9 +360,48 @@ def optimize_groups(
     results = state.results(
         last if interrupted else it, time.perf_counter() - t0, max_iter, stopped_by_callback or interrupted
     )
+    _attach_watched(results, watch)
     if interrupted:
         raise Interrupted(results)
     return results
+
+
+def _check_rows(params: list[torch.Tensor], G: int) -> None:
+    """``compact=True`` needs every parameter to hold ``G`` groups of rows."""
+    bad_rows = [tuple(p.shape) for p in params if p.dim() == 0 or p.shape[0] % G]
+    if bad_rows:
+        raise ValueError(f"compact=True needs parameters with groups ({G}) x rows, got shapes {bad_rows}")
+
+
+def _attach_watched(results: list[OptimizeResult], watch: WatchHistory) -> None:
+    """Give each group's result its watched values per iteration (when the loss watched any)."""
+    if watch.blocks:
+        for g, r in enumerate(results):
+            r.watched = watch.group(g, r.n_iter)
+
+
+def _record_watched(
+    watch: WatchHistory, it: int, out: torch.Tensor | Watched, idx: torch.Tensor, stop: str
+) -> torch.Tensor:
+    """The ``(B,)`` losses of a loss function's output; its watched values (for the plateau rule
+    without any: the losses) go into ``watch``."""
+    if isinstance(out, Watched):
+        losses = out.loss.reshape(len(idx)).float()
+        watch.record(it, out.values, out.ready, idx)
+        return losses
+    losses = out.reshape(len(idx)).float()
+    if stop == "plateau":
+        watch.record(it, losses.detach().view(-1, 1), None, idx)
+    return losses
+
+
+def _converged(
+    state: _GroupState, watch: WatchHistory, it: int, stop: str, patience: int, window: int, rtol, atol
+) -> torch.Tensor | None:
+    """``(G,)`` the groups the stopping rule ends after step ``it`` (``None``: the rule is off)."""
+    if stop == "plateau":
+        return watch.settled(it, window, rtol, atol) if window > 0 else None
+    return state.bad > patience if patience > 0 else None
 
 
 def _check_lr(lr: float) -> None:
@@ -463,9 +548,9 @@ class _GroupState:
             f"(lr={lr:g})"
         )
 
-    def freeze_converged(self, it: int, patience: int) -> bool:
-        """Freeze the active groups whose EMA loss has not improved for ``patience`` steps; any frozen?"""
-        done = self.active & (self.bad > patience)
+    def freeze(self, it: int, converged: torch.Tensor) -> bool:
+        """Freeze the active groups among ``converged`` ``(G,)`` after step ``it``; any frozen?"""
+        done = self.active & converged
         if not bool(done.any()):
             return False
         self.n_iter = torch.where(done, torch.full_like(self.n_iter, it + 1), self.n_iter)

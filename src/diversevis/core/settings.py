@@ -61,10 +61,21 @@ class Settings:
         return cls(**{name: arguments[name] for name in cls.names() if name in arguments})
 
     def loop(self) -> dict[str, Any]:
-        """The shared optimisation loop's keywords these settings hold (``lr``, ``max_iter``, ...)."""
+        """The shared optimisation loop's keywords these settings hold (``lr``, ``max_iter``, ...;
+        ``plateau_window`` and ``plateau_rtol`` as the loop's ``window`` and ``rtol``)."""
+        names = {"plateau_window": "window", "plateau_rtol": "rtol"}
         return {
-            k: getattr(self, k)
-            for k in ("lr", "max_iter", "patience", "ema", "precision")
+            names.get(k, k): getattr(self, k)
+            for k in (
+                "lr",
+                "max_iter",
+                "patience",
+                "ema",
+                "stop",
+                "plateau_window",
+                "plateau_rtol",
+                "precision",
+            )
             if k in self.names()
         }
 
