@@ -34,6 +34,7 @@ __all__ = [
     "floor_or_none",
     "add_floor_args",
     "nonneg_float",
+    "add_stop_args",
     "unit_float",
     "add_model_args",
     "add_target_args",
@@ -236,6 +237,42 @@ def add_optim_args(p: argparse.ArgumentParser, lr: float = 1.0, max_iter: int = 
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_out_args(p)
+
+
+def add_stop_args(p: argparse.ArgumentParser, diversity: bool = True) -> None:
+    """Add the early-stopping rule (``--stop``, ``--plateau-window``, ``--plateau-rtol`` and, for a
+    diverse set, ``--plateau-rtol-diversity``) to ``p``; the defaults are the method's
+    (:data:`diversevis.methods.settings.PLATEAU`)."""
+    p.add_argument(
+        "--stop",
+        choices=("plateau", "ema"),
+        default="plateau",
+        help="early stopping: 'plateau' once the activations (and the diversity) stop drifting over a "
+        "window, or 'ema' the reference rule (--patience steps without a new EMA-loss minimum) "
+        "(default: plateau)",
+    )
+    what = "mode's default: 50 steps, 200 in floor mode" if diversity else "default: 50"
+    p.add_argument(
+        "--plateau-window",
+        type=nonneg_int,
+        default=None,
+        help=f"plateau rule: steps compared, two halves (0 disables; {what})",
+    )
+    p.add_argument(
+        "--plateau-rtol",
+        type=nonneg_float,
+        default=None,
+        help="plateau rule: largest relative drift of the activations per window "
+        + ("(mode's default: 0.0015, 0.005 in floor mode)" if diversity else "(default: 0.0015)"),
+    )
+    if diversity:
+        p.add_argument(
+            "--plateau-rtol-diversity",
+            type=nonneg_float,
+            default=None,
+            help="plateau rule: largest relative drift of the diversity per window "
+            "(mode's default: 0.02, 0.005 in floor mode)",
+        )
 
 
 def add_precision_arg(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from diversevis.cli.common import (
     add_model_args,
     add_optim_args,
     add_precision_arg,
+    add_stop_args,
     add_target_args,
     direction,
     load,
@@ -73,6 +74,7 @@ def add_diverse_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     add_floor_args(p)
     add_crop_arg(p, "images")
     add_optim_args(p)
+    add_stop_args(p)
     add_precision_arg(p)
     return p
 
@@ -89,6 +91,7 @@ def add_mei_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=f"independent starts (default: {MEISettings.restarts})",
     )
     add_optim_args(p)
+    add_stop_args(p, diversity=False)
     add_precision_arg(p)
     return p
 

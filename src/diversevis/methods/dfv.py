@@ -26,12 +26,12 @@ from torch import nn
 
 from diversevis.core.network import Network
 from diversevis.core.objectives import diversity_value
-from diversevis.core.optimize import PartialRun, StepInfo, optimize
+from diversevis.core.optimize import PartialRun, StepInfo, Watched, optimize
 from diversevis.core.params import PixelImage
 from diversevis.core.result import Result
 from diversevis.core.spec import versions  # noqa: F401 (imported from here by older code)
 from diversevis.methods.dead_starts import alive_starts, dead_images, dead_unit_message, starts_spec
-from diversevis.methods.dfv_units import diverse_units, mei_units
+from diversevis.methods.dfv_units import SetWatch, diverse_units, mei_units, mei_watch
 from diversevis.methods.diversity_index import index_spec
 from diversevis.methods.floor import FloorConstraint, floor_constraint, floor_spec
 from diversevis.methods.problem import (
@@ -66,6 +66,9 @@ def mei(
     max_iter: int = MEISettings.max_iter,
     patience: int = MEISettings.patience,
     ema: float = MEISettings.ema,
+    stop: str = MEISettings.stop,
+    plateau_window: int = MEISettings.plateau_window,
+    plateau_rtol: float = MEISettings.plateau_rtol,
     precision: str = MEISettings.precision,
     seed: int = MEISettings.seed,
     device: str | torch.device | None = None,
@@ -125,11 +128,15 @@ def run_mei(
     def values(x: torch.Tensor) -> torch.Tensor:
         return prob.evaluate(x, need_features=False)[0]
 
+    def loss_fn(x: torch.Tensor) -> Watched:
+        a = values(x)
+        return mei_watch(-a.mean(), a.view(1, -1))
+
     context, redraws, redirected = alive_starts(param, values, s.seed, s.restarts, net.module)
     with context, PartialRun() as stop:
         opt = optimize(
             param,
-            lambda x: -values(x).mean(),
+            loss_fn,
             **s.loop(),
             progress=progress,
             desc=f"MEI {net.display_name(layer)}:{unit}",
@@ -164,6 +171,10 @@ def diverse(
     max_iter: int = DiverseSettings.max_iter,
     patience: int = DiverseSettings.patience,
     ema: float = DiverseSettings.ema,
+    stop: str = DiverseSettings.stop,
+    plateau_window: int | None = DiverseSettings.plateau_window,
+    plateau_rtol: float | None = DiverseSettings.plateau_rtol,
+    plateau_rtol_diversity: float | None = DiverseSettings.plateau_rtol_diversity,
     precision: str = DiverseSettings.precision,
     seed: int = DiverseSettings.seed,
     device: str | torch.device | None = None,
@@ -209,8 +220,21 @@ def diverse(
         Absolute L2 norm (display units) overriding ``contrast``.
     precondition : bool
         Use the 1/sqrt(f) gradient preconditioner.
-    lr, max_iter, patience, ema : float, int, int, float
-        Adam learning rate and early-stopping settings (reference: 1.0, 1000, 100, 0.9).
+    lr, max_iter : float, int
+        Adam learning rate and the most iterations (reference: 1.0, 1000).
+    stop : {"plateau", "ema"}
+        Early stopping. ``"plateau"`` (default) ends the run once the set's mean and min activation
+        (relative to the MEI) and its diversity have each drifted by at most ``plateau_rtol`` /
+        ``plateau_rtol_diversity`` (relative) between the two halves of the last ``plateau_window``
+        iterations, in floor mode only after some iterate met the floor; ``None`` takes the mode's
+        default (:data:`~diversevis.methods.settings.PLATEAU`: 50, 0.0015, 0.02 in lambda mode; 200,
+        0.005, 0.005 in floor mode). The MEI stops the same way on its restarts' activations.
+        ``"ema"`` is the reference code's rule: ``patience`` iterations without a new minimum of the
+        loss's EMA (coefficient ``ema``; reference 100, 0.9). Recorded in the run spec.
+    patience, ema : int, float
+        The ``"ema"`` rule's settings.
+    plateau_window, plateau_rtol, plateau_rtol_diversity : int, float, float, optional
+        The ``"plateau"`` rule's settings (``plateau_window=0`` disables early stopping).
     precision : {"fp32", "tf32", "bf16"}
         Precision of the network's forward pass (:mod:`diversevis.core.precision`): ``tf32`` is for
         Ampere-or-newer GPUs (fp32 elsewhere), ``bf16`` autocasts convolutions on any device. The images
@@ -317,7 +341,7 @@ def run_diverse(
         device=net.device,
     )
     floor = floor_constraint(s, [mei_act], net.device)
-    loss_fn = _diverse_loss(prob, s, prior_model, floor)
+    loss_fn = _diverse_loss(prob, s, prior_model, floor, mei_act)
     label = f"diverse {net.display_name(layer)}:{unit if unit is not None else 'dir'}"
     values = lambda x: prob.evaluate(x, need_features=False)[0]  # noqa: E731
     context, redraws, redirected = alive_starts(param, values, s.seed, s.n_images, net.module)
@@ -351,24 +375,29 @@ def run_diverse(
 
 
 def _diverse_loss(
-    prob: Problem, s: DiverseSettings, prior_model, floor: FloorConstraint | None = None
-) -> Callable[[torch.Tensor], torch.Tensor]:
+    prob: Problem,
+    s: DiverseSettings,
+    prior_model,
+    floor: FloorConstraint | None = None,
+    mei_act: float | None = None,
+) -> Callable[[torch.Tensor], Watched]:
     """``-(mean activation + lambda * diversity + beta * prior log-likelihood)`` of a set of images;
-    in floor mode ``-diversity / D_0`` plus the floor's augmented-Lagrangian penalty instead."""
+    in floor mode ``-diversity / D_0`` plus the floor's augmented-Lagrangian penalty instead. The loop
+    watches the activations relative to the MEI (``mei_act``) and the diversity (:class:`SetWatch`)."""
     group = torch.zeros(1, dtype=torch.long, device=prob.net.device)
+    watch = SetWatch([mei_act], prob.net.device)
 
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+    def loss_fn(x: torch.Tensor) -> Watched:
         p, f = prob.evaluate(x, need_features=s.diversity > 0 or floor is not None)
+        d = diversity_value(f, s.distance, s.tau).view(1) if f is not None else None
         if floor is not None:
-            d = diversity_value(f, s.distance, s.tau).view(1)
-            loss = floor.loss(x, p.view(1, -1), d, group)[0]
+            w = floor.watched(x, p.view(1, -1), d, group)
         else:
-            loss = -p.mean()
-        if s.diversity > 0 and floor is None:
-            loss = loss - s.diversity * diversity_value(f, s.distance, s.tau)
+            loss = -p.mean() - s.diversity * d[0] if s.diversity > 0 else -p.mean()
+            w = watch(loss.view(1), p.view(1, -1), d if s.diversity > 0 else None, group)
         if prior_model is not None:
-            loss = loss - s.prior_weight * prior_model.log_prob(x.clamp(0, 1)).sum()
-        return loss
+            w = w._replace(loss=w.loss - s.prior_weight * prior_model.log_prob(x.clamp(0, 1)).sum())
+        return w
 
     return loss_fn
 

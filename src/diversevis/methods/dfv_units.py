@@ -4,6 +4,11 @@ Every unit's images form a group of one batched optimisation (:func:`diversevis.
 optimize_groups`) with its own loss terms and early stopping, starting from the same images as the
 one-unit run with the same seed, so a sweep is a few large batched runs with the results of the
 one-unit path (bit for bit on CPU).
+
+What the loop's plateau rule watches (:class:`SetWatch`): for an MEI run each group's mean and best
+restart activation; for a diverse set its mean and min activation relative to the unit's MEI (raw
+when there is none) and its diversity relative to the group's first step (0 without a diversity
+term; floor mode: :meth:`~diversevis.methods.floor.FloorConstraint.watched`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from torch import nn
 from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.core.objectives import diversity_value
-from diversevis.core.optimize import OptimizeResult, optimize_groups
+from diversevis.core.optimize import OptimizeResult, Watched, optimize_groups
 from diversevis.core.params import PixelImage
 from diversevis.core.result import Result
 from diversevis.methods.dead_starts import alive_starts, dead_images, starts_spec
@@ -36,7 +41,47 @@ from diversevis.methods.problem import (
 )
 from diversevis.methods.settings import DiverseSettings, MEISettings
 
-__all__ = ["mei_units", "diverse_units"]
+__all__ = ["mei_units", "diverse_units", "SetWatch"]
+
+
+class SetWatch:
+    """The values a lambda-mode set (or an MEI run) reports to the loop's plateau rule.
+
+    Parameters
+    ----------
+    scale : sequence of float or None
+        Per group, the unit's MEI activation the activations are divided by (``None`` or ``<= 0``:
+        1, the raw activation).
+    device : torch.device
+        Where the groups' tensors live.
+    """
+
+    def __init__(self, scale: Sequence[float | None], device: torch.device) -> None:
+        self.scale = torch.tensor(
+            [float(m) if m is not None and float(m) > 0 else 1.0 for m in scale], device=device
+        )
+        self.d0 = torch.full((len(scale),), float("nan"), device=device)
+
+    @torch.no_grad()
+    def values(self, a: torch.Tensor, d: torch.Tensor | None, groups: torch.Tensor) -> torch.Tensor:
+        """``(B, 3)``: mean and min of ``a / scale`` ``(B, N)``, and ``d / d_0`` (0 without ``d``)."""
+        r = a.detach() / self.scale[groups, None]
+        if d is None:
+            return torch.stack([r.mean(1), r.min(1).values, torch.zeros_like(r[:, 0])], 1)
+        d = d.detach()
+        fresh = torch.isnan(self.d0[groups])
+        self.d0[groups] = torch.where(fresh, d.abs().clamp_min(1e-12), self.d0[groups])
+        return torch.stack([r.mean(1), r.min(1).values, d / self.d0[groups]], 1)
+
+    def __call__(self, loss: torch.Tensor, a: torch.Tensor, d: torch.Tensor | None, groups) -> Watched:
+        """``loss`` with the values of activations ``a`` ``(B, N)`` and diversities ``d`` ``(B,)``."""
+        return Watched(loss, self.values(a, d, groups))
+
+
+def mei_watch(loss: torch.Tensor, a: torch.Tensor) -> Watched:
+    """An MEI run's ``loss`` with each group's mean and best activation over its restarts ``a`` ``(B, R)``."""
+    a = a.detach()
+    return Watched(loss, torch.stack([a.mean(1), a.max(1).values], 1))
 
 
 def mei_units(
@@ -52,6 +97,9 @@ def mei_units(
     max_iter: int = MEISettings.max_iter,
     patience: int = MEISettings.patience,
     ema: float = MEISettings.ema,
+    stop: str = MEISettings.stop,
+    plateau_window: int = MEISettings.plateau_window,
+    plateau_rtol: float = MEISettings.plateau_rtol,
     precision: str = MEISettings.precision,
     seed: int = MEISettings.seed,
     device: str | torch.device | None = None,
@@ -83,7 +131,8 @@ def run_mei_units(
     def loss_fn(x: torch.Tensor, groups: torch.Tensor, unit_t: torch.Tensor) -> torch.Tensor:
         a, _ = prob.read(x, need_features=False)
         uidx = unit_t[groups].repeat_interleave(R)
-        return -a[torch.arange(len(x), device=x.device), uidx].view(-1, R).mean(1)
+        a = a[torch.arange(len(x), device=x.device), uidx].view(-1, R)
+        return mei_watch(-a.mean(1), a)
 
     runs, starts = _optimize_units(prob, units, R, s, loss_fn, f"MEI {net.display_name(layer)}", progress)
     out = []
@@ -111,6 +160,10 @@ def diverse_units(
     max_iter: int = DiverseSettings.max_iter,
     patience: int = DiverseSettings.patience,
     ema: float = DiverseSettings.ema,
+    stop: str = DiverseSettings.stop,
+    plateau_window: int | None = DiverseSettings.plateau_window,
+    plateau_rtol: float | None = DiverseSettings.plateau_rtol,
+    plateau_rtol_diversity: float | None = DiverseSettings.plateau_rtol_diversity,
     precision: str = DiverseSettings.precision,
     seed: int = DiverseSettings.seed,
     device: str | torch.device | None = None,
@@ -160,15 +213,16 @@ def run_diverse_units(
     floor = floor_constraint(s, mei_acts, net.device)
     N = s.n_images
     need_features = s.diversity > 0 or floor is not None
+    watch = SetWatch(mei_acts, net.device)
 
-    def loss_fn(x: torch.Tensor, groups: torch.Tensor, unit_t: torch.Tensor) -> torch.Tensor:
+    def loss_fn(x: torch.Tensor, groups: torch.Tensor, unit_t: torch.Tensor) -> Watched:
         a, f = prob.read(x, need_features=need_features)
         uidx = unit_t[groups].repeat_interleave(N)
         a = a[torch.arange(len(x), device=x.device), uidx].view(-1, N)
         d = diversity_value(f.reshape(-1, N, *f.shape[1:]), s.distance, s.tau) if need_features else None
         if floor is not None:
-            return floor.loss(x, a, d, groups)
-        return -a.mean(1) - s.diversity * d if s.diversity > 0 else -a.mean(1)
+            return floor.watched(x, a, d, groups)
+        return watch(-a.mean(1) - s.diversity * d if s.diversity > 0 else -a.mean(1), a, d, groups)
 
     runs, starts = _optimize_units(prob, units, N, s, loss_fn, f"diverse {net.display_name(layer)}", progress)
     spec = s.spec(mei_computed=mei is True)
@@ -238,7 +292,7 @@ def _optimize_units(
     units: list[int],
     n: int,
     s: MEISettings | DiverseSettings,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Watched],
     desc: str,
     progress: bool,
 ) -> tuple[list[OptimizeResult], list[dict]]:

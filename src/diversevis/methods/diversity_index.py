@@ -20,7 +20,8 @@ cells 1):
   ``N``, norm, seed, loop and diversity term (``distance``, ``tau``, distance layer of the same
   network) at the floor of the set: the set's own floor in floor mode; in lambda mode its minimum
   ratio to the MEI rounded to 0.05 and clipped to [0.5, 0.95] (``calibration_floor``). Their MEIs are
-  known in closed form (``rho`` for image norm ``rho``).
+  known in closed form (``rho`` for image norm ``rho``). They stop by the set's rule with the
+  floor-mode plateau defaults (:meth:`~diversevis.methods.settings.DiverseSettings.loop`).
 
 So DI compares a unit with reference cells at matched activation: 0 means no more spread than a
 linear filter's cone allows, 1 as much as a phase-invariant energy unit, above 1 more (e.g. a
@@ -40,7 +41,7 @@ import torch
 
 from diversevis.core.cache import atomic_write_json, cache_dir
 from diversevis.core.objectives import diversity_value, pairwise_rms_matrix
-from diversevis.core.optimize import optimize_groups
+from diversevis.core.optimize import Watched, optimize_groups
 from diversevis.core.params import PixelImage, image_hw
 from diversevis.methods.floor import FloorConstraint
 from diversevis.methods.problem import Problem, _seeded_images
@@ -135,14 +136,15 @@ def _reference_filters(hw: tuple[int, int], channels: int, device) -> tuple[torc
 def _key(prob: Problem, s: DiverseSettings, floor: float) -> str:
     """A digest of everything the references depend on (for the caches)."""
     parts: dict[str, Any] = {
-        "v": 3,
+        "v": 4,
         "hw": list(image_hw(prob.placement.image_size)),
         "channels": prob.net.in_channels,
         "norm": round(float(prob.norm), 6),
         "floor": floor,
         "mean_floor": s.mean_floor,
         **{k: getattr(s, k) for k in ("n_images", "distance", "tau", "seed", "precondition", "lr")},
-        **{k: getattr(s, k) for k in ("max_iter", "patience", "ema", "precision")},
+        **{k: getattr(s, k) for k in ("max_iter", "patience", "ema", "precision", "stop")},
+        **s.plateau("floor"),
         "orientations": ORIENTATIONS,
     }
     if prob.distance_layer is not None:  # the network itself: its features of a fixed probe
@@ -200,13 +202,13 @@ def _run_references(prob: Problem, s: DiverseSettings, floor: float, progress: b
         simple = (groups < O).repeat_interleave(N)
         return torch.where(simple, p0, torch.sqrt(p0**2 + p90**2 + 1e-12)).view(-1, N)
 
-    def loss_fn(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    def loss_fn(x: torch.Tensor, groups: torch.Tensor) -> Watched:
         f = prob.features(x) if need_feats else x - 0.5
         d = diversity_value(f.reshape(-1, N, *f.shape[1:]), s.distance, s.tau)
-        return fc.loss(x, responses(x, groups), d, groups)
+        return fc.watched(x, responses(x, groups), d, groups)
 
     optimize_groups(
-        param, loss_fn, groups=G, **s.loop(), progress=progress, desc="DI references", compact=True
+        param, loss_fn, groups=G, **s.loop("floor"), progress=progress, desc="DI references", compact=True
     )
     stats: dict[str, list[dict[str, float]]] = {"simple": [], "complex": []}
     for g in range(G):

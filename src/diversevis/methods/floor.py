@@ -18,7 +18,9 @@ violations have stopped improving (the moving multipliers would otherwise make s
 incomparable and stop runs before they reach the floor).
 
 ``D_0`` is the diversity of the starting images (so the objective is scale-free), ``margin`` keeps
-the iterates slightly above the floor. The loop's best-loss iterate is meaningless while the
+the iterates slightly above the floor. For the loop's plateau rule, :meth:`FloorConstraint.watched`
+reports each group's mean and min ratio and ``D / D_0``, and lets a group stop only once it has had a
+feasible iterate (or its unit drives nothing, so that there is no floor to reach). The loop's best-loss iterate is meaningless while the
 multipliers move, so :class:`FloorConstraint` also keeps each group's *most diverse feasible* iterate
 (every image at ``>= floor``, mean at ``>= mean_floor``); a group that never becomes feasible keeps
 its last iterate and is reported as failing the floor, never silently.
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 
 from diversevis.core.errors import DiversevisError
+from diversevis.core.plateau import Watched
 from diversevis.methods.settings import DiverseSettings
 
 __all__ = ["FloorConstraint", "floor_report", "floor_constraint", "floor_spec", "FLOOR_TOLERANCE"]
@@ -64,6 +67,9 @@ class FloorConstraint:
         bookkeeping compare values across steps; the gradient is the Lagrangian's).
     margin : float
         The optimisation aims at ``floor + margin`` so that the result is above ``floor``.
+    live : torch.Tensor, optional
+        ``(G,)`` bool, whether each group's unit is driven at all (its MEI is a stand-in otherwise):
+        a group that is not may stop without ever reaching the floor (default: all are).
     """
 
     floor: float
@@ -74,6 +80,7 @@ class FloorConstraint:
     eta: float = 5.0
     margin: float = 0.01
     merit_weight: float = 100.0
+    live: torch.Tensor | None = None
     mu: torch.Tensor = field(init=False)
     nu: torch.Tensor = field(init=False)
     d0: torch.Tensor = field(init=False)
@@ -95,6 +102,8 @@ class FloorConstraint:
         self.d0 = torch.full((G,), math.nan, **kw)
         self.best_d = torch.full((G,), -math.inf, **kw)
         self.best_ratio = torch.full((G,), -math.inf, **kw)
+        if self.live is None:
+            self.live = torch.ones(G, dtype=torch.bool, device=self.mei.device)
 
     def loss(self, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """The groups' losses ``(B,)``; also steps the multipliers and keeps the best feasible iterate.
@@ -120,6 +129,17 @@ class FloorConstraint:
         # the loop sees the merit's value (its early stopping compares values across steps, which the
         # moving multipliers would make meaningless) and follows the Lagrangian's gradient
         return merit.detach() + (lagrangian - lagrangian.detach())
+
+    def watched(self, x: torch.Tensor, a: torch.Tensor, d: torch.Tensor, groups: torch.Tensor) -> Watched:
+        """:meth:`loss` with what the loop's plateau rule watches: per group the mean and min ratio to
+        the MEI and ``D / D_0``; a group is ready to stop once it has had a feasible iterate (or its
+        unit is not driven)."""
+        loss = self.loss(x, a, d, groups)
+        with torch.no_grad():
+            r = a.detach() / self.mei[groups, None]
+            values = torch.stack([r.mean(1), r.min(1).values, d.detach() / self.d0[groups]], 1)
+            ready = torch.isfinite(self.best_d[groups]) | ~self.live[groups]
+        return Watched(loss, values, ready)
 
     def _violations(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``g`` ``(B, N)`` of the images and ``g_mean`` ``(B,)`` of the set (``None`` without a mean floor)."""
@@ -209,8 +229,9 @@ def floor_constraint(s: DiverseSettings, meis: Sequence[float | None], device) -
             "pass mei=True (CLI: drop --no-mei), an MEI Result or its activation"
         )
     # a unit no image drives (MEI <= 0) has no floor: it runs against a stand-in and is reported failing
+    live = torch.tensor([_drives(m) for m in meis], device=device)
     mei_t = torch.tensor([float(m) if _drives(m) else 1.0 for m in meis], device=device)
-    return FloorConstraint(s.floor, mei_t, s.n_images, mean_floor=s.mean_floor)
+    return FloorConstraint(s.floor, mei_t, s.n_images, mean_floor=s.mean_floor, live=live)
 
 
 def _drives(mei: float) -> bool:

@@ -52,11 +52,17 @@ class _Steps:
         return json.loads(json.dumps(result, default=json_default))
 
 
+#: The lambda-mode notebook replication (reference, trade-off, prior) stops as the reference code does
+#: (method.md A.8: EMA-loss patience), so that its iterations compare with the notebook's.
+NOTEBOOK_STOP = "ema"
+
+
 def _reference(out: Path, seed: int, max_iter: int) -> dict[str, Any]:
     net = _load("vgg16-paper")
     res = diverse(
-        net, "conv3_1", 21, n_images=6, diversity=0.01, distance_layer="conv2_2", seed=seed, max_iter=max_iter
-    )
+        net, "conv3_1", 21, n_images=6, diversity=0.01, distance_layer="conv2_2", seed=seed, max_iter=max_iter,
+        stop=NOTEBOOK_STOP,
+    )  # fmt: skip
     res.save(out / "reference")
     acts = [float(a) for a in res.activations]
     return {
@@ -95,12 +101,12 @@ def _cells(out: Path, seed: int) -> dict[str, Any]:
 
 def _tradeoff(out: Path, lambdas: Sequence[float], seed: int, max_iter: int) -> dict[str, Any]:
     net = _load("vgg16-paper")
-    m = mei(net, "conv3_1", 21, seed=seed, max_iter=max_iter)
+    m = mei(net, "conv3_1", 21, seed=seed, max_iter=max_iter, stop=NOTEBOOK_STOP)
     rows = []
     for lam in lambdas:
         res = diverse(
             net, "conv3_1", 21, n_images=6, diversity=lam, distance_layer="conv2_2", seed=seed, mei=m,
-            max_iter=max_iter,
+            max_iter=max_iter, stop=NOTEBOOK_STOP,
         )  # fmt: skip
         rows.append(
             {
@@ -225,11 +231,11 @@ def _prior(out: Path, seed: int, max_iter: int, beta: float, steps: int | None) 
     net = _load("vgg16-paper")
     prior, note = _prior_model(out, steps)
     rows = []
-    m = mei(net, "conv3_1", 21, seed=seed, max_iter=max_iter)
+    m = mei(net, "conv3_1", 21, seed=seed, max_iter=max_iter, stop=NOTEBOOK_STOP)
     for b in (0.0, beta):
         res = diverse(
             net, "conv3_1", 21, n_images=6, diversity=0.01, distance_layer="conv2_2", seed=seed, mei=m,
-            max_iter=max_iter, prior=prior, prior_weight=b,
+            max_iter=max_iter, prior=prior, prior_weight=b, stop=NOTEBOOK_STOP,
         )  # fmt: skip
         res.save(out / "prior" / f"beta{b:g}")
         with torch.no_grad():
