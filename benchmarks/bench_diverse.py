@@ -464,11 +464,11 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
 
-    # ---- the library loop itself: dv.diverse(mei=False, max_iter=K, patience=0), seconds / n_iter
+    # ---- the library loop itself: dv.diverse(mei=False, max_iter=K, no early stop), seconds / n_iter
     lib: dict[int, list[float]] = {th: [] for th in threads}
     lib_n: dict[int, int] = dict.fromkeys(threads, 0)
     kw = dict(
-        n_images=N_IMAGES, diversity=LAMBDA, distance_layer=DIST_LAYER, seed=SEED, mei=False, patience=0
+        n_images=N_IMAGES, diversity=LAMBDA, distance_layer=DIST_LAYER, seed=SEED, mei=False, plateau_window=0
     )
     for th in threads:
         torch.set_num_threads(th)
