@@ -4,7 +4,9 @@
 * :class:`ComplexCell`: the energy model ``<g_0, x>^2 + <g_90, x>^2`` -- a quadrature pair, so the
   response is the same for every phase of the Gabor (perfect phase invariance);
 * :class:`TextureCell`: a convolutional energy unit pooled over positions -- shift invariant;
-* :class:`BipartiteCell`: an energy half and a linear half side by side -- partly phase invariant.
+* :class:`BipartiteCell`: an energy half and a linear half side by side -- partly phase invariant;
+* :class:`CellPopulation`: a layer of simple and complex cells at given orientations, positions and
+  wavelengths (one channel each), the ground truth of clustering invariance types across units.
 
 Each cell is an ``nn.Module`` whose named layer ``"response"`` outputs ``(N, 1, 1, 1)`` for an input of
 ``size x size`` pixels (the receptive field), so DFV reads it exactly as it reads a VALID-padded CNN.
@@ -19,13 +21,26 @@ maximum ``rho`` is reached at one phase only.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from diversevis.core.network import Network
 
-__all__ = ["gabor", "SimpleCell", "ComplexCell", "TextureCell", "BipartiteCell", "cell_network"]
+__all__ = [
+    "gabor",
+    "SimpleCell",
+    "ComplexCell",
+    "TextureCell",
+    "BipartiteCell",
+    "CellPopulation",
+    "cell_network",
+    "random_population",
+    "population_network",
+]
 
 
 def gabor(
@@ -36,6 +51,7 @@ def gabor(
     phase: float = 0.0,
     sigma: float | None = None,
     channels: int = 3,
+    center: tuple[float, float] = (0.0, 0.0),
 ) -> torch.Tensor:
     """Zero-mean, unit-L2-norm Gabor filter.
 
@@ -53,6 +69,9 @@ def gabor(
         Gaussian envelope SD in pixels (default a fifth of the shorter side).
     channels : int
         The same (grey) filter replicated over channels.
+    center : (float, float)
+        ``(x, y)`` offset of the envelope and carrier centre from the image centre, in pixels
+        (``y`` downwards); the carrier's phase is measured at that centre.
 
     Returns
     -------
@@ -62,8 +81,8 @@ def gabor(
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     sigma = min(h, w) / 5 if sigma is None else sigma
     y, x = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64) - (h - 1) / 2,
-        torch.arange(w, dtype=torch.float64) - (w - 1) / 2,
+        torch.arange(h, dtype=torch.float64) - (h - 1) / 2 - float(center[1]),
+        torch.arange(w, dtype=torch.float64) - (w - 1) / 2 - float(center[0]),
         indexing="ij",
     )
     u = x * math.cos(theta) + y * math.sin(theta)
@@ -170,6 +189,117 @@ class BipartiteCell(nn.Module):
         p = self.subunits(x)
         energy = torch.sqrt(p[:, :1] ** 2 + p[:, 1:2] ** 2 + 1e-12)
         return self.response(energy + p[:, 2:3])
+
+
+def _quadrature_pair(size: int, channels: int, **gabor_kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """An orthonormal even/odd Gabor pair (the energy model's filters)."""
+    gabor_kw.pop("phase", None)
+    g0 = gabor(size, channels=channels, phase=0.0, **gabor_kw)
+    g90 = gabor(size, channels=channels, phase=math.pi / 2, **gabor_kw)
+    g90 = g90 - (g90 * g0).sum() * g0
+    return g0, g90 / g90.norm()
+
+
+class CellPopulation(nn.Module):
+    """A layer of simple and complex cells, one output channel per cell.
+
+    Parameters
+    ----------
+    cells : sequence of mappings
+        One per channel: ``kind`` (``"simple"`` or ``"complex"``) and the :func:`gabor` keywords
+        (``wavelength``, ``theta``, ``phase``, ``sigma``, ``center``).
+    size : int
+        Receptive-field side in pixels.
+    channels : int
+        Input channels.
+
+    The layer ``response`` outputs ``(N, len(cells), 1, 1)`` for ``size x size`` inputs: channel ``i``
+    is ``<g_i, x>`` for a simple cell (pre-rectifier, as :class:`SimpleCell`) and the energy
+    ``<g_i0, x>^2 + <g_i90, x>^2`` for a complex cell (as :class:`ComplexCell`).
+    """
+
+    def __init__(self, cells: Sequence[Mapping[str, Any]], size: int = 16, channels: int = 1) -> None:
+        super().__init__()
+        filters, first, second, energy = [], [], [], []
+        for cell in cells:
+            kw = dict(cell)
+            kind = kw.pop("kind")
+            if kind not in ("simple", "complex"):
+                raise ValueError(f"a population cell is 'simple' or 'complex', got {kind!r}")
+            first.append(len(filters))
+            if kind == "simple":
+                filters.append(gabor(size, channels=channels, **kw))
+            else:
+                filters.extend(_quadrature_pair(size, channels, **kw))
+            second.append(len(filters) - 1)
+            energy.append(kind == "complex")
+        self.cells = [dict(c) for c in cells]
+        self.filters = nn.Conv2d(channels, len(filters), size, bias=False)
+        self.filters.weight.data.copy_(torch.stack(filters))
+        self.register_buffer("first", torch.tensor(first))
+        self.register_buffer("second", torch.tensor(second))
+        self.register_buffer("energy", torch.tensor(energy, dtype=torch.float32).view(1, -1, 1, 1))
+        self.response = _Response()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.filters(x)
+        a, b = p[:, self.first], p[:, self.second]
+        return self.response(a * (1 - self.energy) + (a**2 + b**2) * self.energy)
+
+
+def random_population(
+    n_simple: int,
+    n_complex: int,
+    size: int = 16,
+    *,
+    seed: int = 0,
+    wavelengths: tuple[float, float] | None = None,
+    max_offset: float | None = None,
+) -> list[dict[str, Any]]:
+    """Cells of both kinds at random orientations, phases, positions and wavelengths.
+
+    Parameters
+    ----------
+    n_simple, n_complex : int
+        Cells of each kind; the simple ones come first.
+    size : int
+        Receptive-field side in pixels.
+    seed : int
+        Seed of the draw.
+    wavelengths : (float, float), optional
+        Range of the carrier wavelength in pixels (default ``size / 4 .. size / 2.5``).
+    max_offset : float, optional
+        Largest centre offset per axis in pixels (default ``size / 8``).
+
+    Returns
+    -------
+    list of dict
+        :class:`CellPopulation` cell specs (``kind``, ``theta``, ``phase``, ``wavelength``, ``center``).
+    """
+    rng = np.random.default_rng(seed)
+    lo, hi = wavelengths if wavelengths is not None else (size / 4, size / 2.5)
+    off = size / 8 if max_offset is None else max_offset
+    cells = []
+    for kind in ["simple"] * n_simple + ["complex"] * n_complex:
+        cells.append(
+            dict(
+                kind=kind,
+                theta=float(rng.uniform(0, math.pi)),
+                phase=float(rng.uniform(0, 2 * math.pi)),
+                wavelength=float(rng.uniform(lo, hi)),
+                center=(float(rng.uniform(-off, off)), float(rng.uniform(-off, off))),
+            )
+        )
+    return cells
+
+
+def population_network(cells: Sequence[Mapping[str, Any]], size: int = 16, channels: int = 1) -> Network:
+    """A :class:`CellPopulation` wrapped as a :class:`Network` (zero-mean input around grey)."""
+    pop = CellPopulation(cells, size=size, channels=channels).eval().requires_grad_(False)
+    return Network(
+        pop, mean=[0.5] * channels, std=[1.0] * channels, name="cell-population",
+        in_channels=channels, input_size=size,
+    )  # fmt: skip
 
 
 _CELLS = {"simple": SimpleCell, "complex": ComplexCell, "texture": TextureCell, "bipartite": BipartiteCell}
