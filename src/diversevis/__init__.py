@@ -16,6 +16,8 @@ from diversevis.core.receptive import ReceptiveField
 from diversevis.core.result import Result
 from diversevis.methods.baselines import Comparison, compare_baselines, participation_ratio, set_metrics
 from diversevis.methods.dfv import diverse, diverse_units, mei, mei_units
+from diversevis.methods.manifold import manifold
+from diversevis.methods.manifold_result import ManifoldResult, load_manifold
 from diversevis.methods.mei_phase import MEIPhaseResult, mei_phase_test, shift_dominant_phase
 from diversevis.methods.phase import PhaseResult, grating, modulation_ratio, phase_test
 from diversevis.methods.retention import RetentionResult, response_retention
@@ -65,6 +67,9 @@ __all__ = [
     "mei",
     "diverse_units",
     "mei_units",
+    "manifold",
+    "ManifoldResult",
+    "load_manifold",
     "shift_test",
     "ShiftResult",
     "phase_test",

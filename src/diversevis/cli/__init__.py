@@ -42,6 +42,7 @@ COMMAND_MODULES = (
     "multifaceted",
     "invert",
     "dissect",
+    "manifold",
 )
 
 #: The classic methods' command modules (a subset of :data:`COMMAND_MODULES`).
