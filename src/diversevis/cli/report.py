@@ -18,7 +18,12 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Write a self-contained HTML report of a sweep's results directory (no server needed: "
         "open index.html from disk). Images are referenced by relative paths into DIR, not copied.",
     )
-    p.add_argument("dir", metavar="DIR", help="results directory of `diversevis sweep --out DIR`")
+    p.add_argument(
+        "dir",
+        metavar="DIR",
+        help="results directory of `diversevis sweep --out DIR`, or a manifold or manifold-cluster folder "
+        "(its viewer page is written inside it: DIR/index.html)",
+    )
     p.add_argument(
         "--out", "-o", metavar="OUTDIR", default=None, help="report directory (default: DIR/report)"
     )

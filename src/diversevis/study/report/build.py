@@ -434,7 +434,9 @@ def write_report(store_dir: str | os.PathLike, out: str | os.PathLike | None = N
     Parameters
     ----------
     store_dir : str or Path
-        A results directory written by :func:`diversevis.sweep.sweep` (``diversevis sweep --out DIR``).
+        A results directory written by :func:`diversevis.sweep.sweep` (``diversevis sweep --out DIR``), or a
+        manifold or manifold-cluster folder (:mod:`diversevis.study.report.manifold`: its page goes inside
+        it, ``DIR/index.html``, and ``out`` must be left out).
     out : str or Path, optional
         Report directory (default ``DIR/report``). Pages reference the store's PNGs by relative paths,
         so keep the report and the store where they are relative to each other.
@@ -453,6 +455,10 @@ def write_report(store_dir: str | os.PathLike, out: str | os.PathLike | None = N
     root = Path(store_dir)
     if not root.exists():
         raise DiversevisError(f"{str(root)!r} does not exist; run `diversevis sweep --out DIR` first")
+    from diversevis.study.report import manifold
+
+    if manifold.is_manifold_folder(root):  # a manifold or manifold-cluster folder: its viewer page
+        return manifold.write_manifold_report(root, out)
     with Store(root) as store:
         rows = [r for r in store.rows() if r["status"] == "done"]
         settings = store.get_meta("settings")
