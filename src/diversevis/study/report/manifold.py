@@ -266,7 +266,7 @@ def _manifold_context(folder: Path) -> dict[str, Any]:
     spec = rec.get("spec") if isinstance(rec.get("spec"), dict) else {}
     frames = _frames(rec, folder)
     images = [
-        _image(folder, rec.get("contact_sheet"), "contact sheet: every grid latent", folder),
+        _image(folder, rec.get("contact_sheet"), "contact sheet: every grid latent", folder, pixelated=False),
         _image(folder, rec.get("animation"), "a loop through the latent", folder),
     ]
     files = [
@@ -285,6 +285,7 @@ def _manifold_context(folder: Path) -> dict[str, Any]:
         "missing": [f.file for f in frames if f.src is None],
         "summary": _summary(rec),
         "floor_holds": rec.get("floor_holds"),
+        "floor_failure": str(spec.get("floor_failure") or ""),
         "plot": _plot(rec, frames),
         "images": [i for i in images if i is not None],
         "files": files,
@@ -369,7 +370,9 @@ def _cluster_context(cl_dir: Path) -> dict[str, Any]:
     clusters = []
     for k in sorted(set(labels)):
         members = [_member(cl_dir, u, k, dirs.get(str(u))) for u, lab in zip(units, labels) if lab == k]
-        gallery = _image(cl_dir, galleries[k] if k < len(galleries) else None, f"cluster {k}", cl_dir)
+        gallery = _image(
+            cl_dir, galleries[k] if k < len(galleries) else None, f"cluster {k}", cl_dir, pixelated=False
+        )
         clusters.append({"k": k, "members": members, "gallery": gallery})
     stats = [
         ("units", str(len(units))),
@@ -385,7 +388,7 @@ def _cluster_context(cl_dir: Path) -> dict[str, Any]:
         "units": units,
         "heatmap": _image(
             cl_dir,
-            "similarity.png",
+            cl.get("heatmap") or "similarity.png",
             "similarity: ratio unit b reaches on unit a's aligned manifold",
             cl_dir,
             pixelated=False,
