@@ -9,10 +9,15 @@ latent grid that such a map achieves: 1 when A's whole invariance set, suitably 
 as B's own MEI; near 0 when most of it does not (a complex cell's phase loop on a simple cell).
 
 The objective is multi-modal in the angle (a Gabor-like manifold has a match every half turn, and a
-poor one in between), so each B gets several restarts of the angle, with and without the reflection;
-the best wins. A and the B's are units of the same layer (same receptive field, same image size), so
-every B is read out of the same forward pass: one batch holds every (B, reflection, restart) transform,
-each an independent group of the shared loop (:func:`~diversevis.core.optimize.optimize_groups`).
+poor one in between), so the fit starts from several angles, with and without the reflection. A and
+the B's are units of the same layer (same receptive field, same image size), so every B is read out of
+the same forward pass, which makes the search two-staged:
+
+1. *scan*: A's grid is rendered once under each of ``angles x scales x reflections`` starting maps
+   (no gradients) and one forward pass gives every B's mean ratio under every map;
+2. *refine*: each B's ``refine`` best starting maps are refined by gradient ascent on all parameters
+   (rotation, log-scale, translation), every (B, start) pair an independent group of one batch of the
+   shared loop (:func:`~diversevis.core.optimize.optimize_groups`); the best refined map wins.
 """
 
 from __future__ import annotations
@@ -53,10 +58,15 @@ class AlignSettings(Settings):
 
     Attributes
     ----------
-    restarts : int
-        Starting angles per B and reflection, evenly spaced over a full turn.
+    angles : int
+        Angles of the scan, evenly spaced over a full turn.
+    scales : int
+        Isotropic scales of the scan, log-spaced over ``[-max_log_scale / 2, max_log_scale / 2]``
+        (1: scale 1 only).
     reflect : bool
-        Also try every restart with a reflection (``y -> -y`` before the rotation); the better wins.
+        Also scan every map with a reflection (``y -> -y`` before the rotation); the better wins.
+    refine : int
+        Best starting maps of the scan refined per B.
     anisotropic : bool
         Fit a separate log-scale per axis (else one isotropic scale).
     max_log_scale : float
@@ -71,8 +81,10 @@ class AlignSettings(Settings):
         transform's mean ratio).
     """
 
-    restarts: int = 4
+    angles: int = 8
+    scales: int = 3
     reflect: bool = True
+    refine: int = 2
     anisotropic: bool = False
     max_log_scale: float = math.log(3.0)
     max_shift: float = 1.0
@@ -90,13 +102,26 @@ class AlignSettings(Settings):
         check_loop(self)
         check_fields(
             self,
-            ints=[("restarts", 1, 64), ("per_dim", 1, 64)],
+            ints=[("angles", 1, 360), ("scales", 1, 32), ("refine", 1, 64), ("per_dim", 1, 64)],
             floats=[("max_log_scale", 0.0), ("max_shift", 0.0)],
             optional=["per_dim"],
         )
         for name in ("reflect", "anisotropic"):
             if not isinstance(getattr(self, name), bool):
                 raise DiversevisError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    def starts(self, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The scan's maps: ``angle (S,)``, isotropic ``log_scale (S,)`` and ``reflect (S,)`` bool."""
+        angle = torch.arange(self.angles, device=device) * (2 * math.pi / self.angles)
+        half = self.max_log_scale / 2
+        log_scale = (
+            torch.linspace(-half, half, self.scales, device=device)
+            if self.scales > 1
+            else torch.zeros(1, device=device)
+        )
+        reflect = torch.tensor([False, True] if self.reflect else [False], device=device)
+        mesh = torch.meshgrid(angle, log_scale, reflect.float(), indexing="ij")
+        return mesh[0].flatten(), mesh[1].flatten(), mesh[2].flatten().bool()
 
     def grid_side(self, dim: int) -> int:
         """Latents per dimension of the alignment grid of a ``dim``-D manifold."""
@@ -233,6 +258,7 @@ class _TransformBank(nn.Module):
         gen: ImplicitGenerator,
         z: torch.Tensor,
         angle: torch.Tensor,
+        log_scale: torch.Tensor,
         reflect: torch.Tensor,
         s: AlignSettings,
     ) -> None:
@@ -240,7 +266,12 @@ class _TransformBank(nn.Module):
         T = len(angle)
         self._fixed = (gen, z)
         self.angle = nn.Parameter(angle.clone())
-        self.raw_scale = nn.Parameter(torch.zeros(T, 2 if s.anisotropic else 1, device=angle.device))
+        raw = (
+            torch.atanh((log_scale / s.max_log_scale).clamp(-0.99, 0.99))
+            if s.max_log_scale > 0
+            else log_scale * 0
+        )
+        self.raw_scale = nn.Parameter(raw.view(T, 1).repeat(1, 2 if s.anisotropic else 1).contiguous())
         self.raw_shift = nn.Parameter(torch.zeros(T, 2, device=angle.device))
         self.register_buffer("reflect", reflect.clone())
         self.bounds = (s.max_log_scale, s.max_shift)
@@ -324,18 +355,14 @@ def align(
     )  # fmt: skip
     _check_geometry(gen, prob, net, layer)
     z = latent_grid(gen.dim, s.grid_side(gen.dim), device=net.device)
-    flips = (False, True) if s.reflect else (False,)
-    per_unit = len(flips) * s.restarts
-    angle = (torch.arange(s.restarts, device=net.device) * (2 * math.pi / s.restarts)).repeat(
-        len(units) * len(flips)
-    )
-    reflect = torch.tensor(flips, device=net.device).repeat_interleave(s.restarts).repeat(len(units))
-    bank = _TransformBank(gen, z, angle, reflect, s)
-    best = _Best(bank)
     unit_t = torch.tensor(units, device=net.device)
+    angle, log_scale, reflect = _scan(gen, z, prob, unit_t, meis, s)
+    R = angle.shape[1]
+    bank = _TransformBank(gen, z, angle.flatten(), log_scale.flatten(), reflect.flatten(), s)
+    best = _Best(bank)
 
     def loss_fn(images: torch.Tensor, groups: torch.Tensor) -> Watched:
-        owner = groups // per_unit
+        owner = groups // R
         a = prob.read(images, need_features=False)[0]
         rows = torch.arange(len(images), device=images.device)
         acts = a[rows, unit_t[owner].repeat_interleave(len(z))].view(len(groups), len(z))
@@ -346,13 +373,36 @@ def align(
     optimize_groups(
         bank,
         loss_fn,
-        groups=len(angle),
+        groups=len(units) * R,
         **s.loop(),
         progress=progress,
         desc=f"align x{len(units)}",
         compact=True,
     )
-    return _alignments(best, reflect, per_unit, units, meis, gen, z, prob, s)
+    return _alignments(best, reflect.flatten(), R, units, meis, gen, z, prob, s)
+
+
+@torch.no_grad()
+def _scan(
+    gen: ImplicitGenerator,
+    z: torch.Tensor,
+    prob: Problem,
+    unit_t: torch.Tensor,
+    meis: torch.Tensor,
+    s: AlignSettings,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every B's ``refine`` best starting maps (``(K, refine)`` angle, log-scale, reflect).
+
+    A's grid is rendered once per starting map and read for all B's in one forward pass.
+    """
+    angle, log_scale, reflect = s.starts(z.device)
+    matrix = transform_matrix(angle, log_scale[:, None], reflect)
+    shift = torch.zeros(len(angle), 2, device=z.device)
+    images = render_transformed(gen, z, transform_coords(gen.coords, matrix, shift))
+    a = prob.read(images, need_features=False)[0][:, unit_t]  # (S * G, K)
+    score = (a.view(len(angle), len(z), -1) / meis).mean(1)  # (S, K)
+    top = score.topk(min(s.refine, len(angle)), dim=0).indices.T  # (K, refine)
+    return angle[top], log_scale[top], reflect[top]
 
 
 def _frozen_copy(generator: ImplicitGenerator, device: torch.device) -> ImplicitGenerator:
