@@ -16,10 +16,14 @@ import importlib.util
 import json
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+import torch
 from test_report import CHROMIUM, CHROMIUM_ARGS, _images_load, _refs, _skip_or_fail_without_browser
 
 import diversevis as dv
@@ -32,6 +36,18 @@ POPULATION = dict(n_simple=2, n_complex=2, seed=3)
 
 
 # --------------------------------------------------------------------------------------------- folders
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Train on one thread (these problems are tiny: on a busy machine a second thread makes them several
+    times slower), then give the session its thread count back."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _need(module: str, what: str) -> None:
     """Skip (with the reason) when a module of issue 16 is not in this tree yet."""
     if importlib.util.find_spec(module) is None:
@@ -39,18 +55,17 @@ def _need(module: str, what: str) -> None:
 
 
 def _manifold_folder(out: Path, dim: int) -> Path:
-    """A real manifold of the synthetic complex cell, saved to ``out``."""
+    """A real manifold of the synthetic complex cell, saved to ``out``: in 1-D long enough for the floor to
+    hold, with the calibrated DI; in 2-D short, so the floor need not hold (which the page must show)."""
     _need("diversevis.methods.manifold", "the manifold method")
     from diversevis.methods.manifold import manifold
     from diversevis.models.synthetic import cell_network
 
     net = cell_network("complex", size=16, channels=1)
-    if dim == 1:  # long enough for the floor to hold; with the calibrated DI
-        res = manifold(net, LAYER, 0, dim=1, per_dim=8, max_iter=300, warmup=50, mei_restarts=1, seed=0)
-    else:  # short: the floor need not hold, which the page must show
-        res = manifold(
-            net, LAYER, 0, dim=2, per_dim=4, max_iter=60, warmup=10, mei_restarts=1, calibrate=False, seed=0
-        )
+    kw = dict(per_dim=8, max_iter=300, warmup=50) if dim == 1 else dict(per_dim=4, max_iter=60, warmup=10)
+    with _one_thread(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "response unit 0: manifold .* below the floor", RuntimeWarning)
+        res = manifold(net, LAYER, 0, dim=dim, mei_restarts=1, calibrate=dim == 1, seed=0, **kw)
     res.save(out)
     return out
 
@@ -74,16 +89,12 @@ def cluster(tmp_path_factory) -> Path:
 
     net = population_network(random_population(**POPULATION))
     out = tmp_path_factory.mktemp("cluster") / "cl"
-    manifold_cluster(
-        net,
-        LAYER,
-        "all",
-        out,
-        dim=1,
-        clusters=2,
-        align_settings=AlignSettings(max_iter=20),
-        manifold_kwargs=dict(per_dim=6, max_iter=80, warmup=10, mei_restarts=1, calibrate=False),
-    )
+    manifold = dict(per_dim=6, max_iter=80, warmup=10, mei_restarts=1, calibrate=False)
+    with _one_thread():
+        manifold_cluster(
+            net, LAYER, "all", out, dim=1, clusters=2, align_settings=AlignSettings(max_iter=20),
+            manifold_kwargs=manifold,
+        )  # fmt: skip
     write_cluster_page(out)
     return out
 
