@@ -43,6 +43,7 @@ COMMAND_MODULES = (
     "invert",
     "dissect",
     "manifold",
+    "manifold_cluster",
 )
 
 #: The classic methods' command modules (a subset of :data:`COMMAND_MODULES`).
