@@ -39,6 +39,7 @@ __all__ = [
     "CellPopulation",
     "cell_network",
     "random_population",
+    "population",
     "population_network",
 ]
 
@@ -291,6 +292,15 @@ def random_population(
             )
         )
     return cells
+
+
+def population(
+    n_simple: int = 2, n_complex: int = 2, size: int = 16, seed: int = 0, channels: int = 1
+) -> CellPopulation:
+    """A :class:`CellPopulation` of :func:`random_population` cells (a ``MODULE:FUNCTION`` model spec:
+    ``diversevis.models.synthetic:population``, with ``--mean 0.5 --std 1 --in-channels 1``)."""
+    cells = random_population(n_simple, n_complex, size, seed=seed)
+    return CellPopulation(cells, size=size, channels=channels).eval().requires_grad_(False)
 
 
 def population_network(cells: Sequence[Mapping[str, Any]], size: int = 16, channels: int = 1) -> Network:
