@@ -137,7 +137,7 @@ def ratio_pad_svg(
     size = side + _PAD_MARGIN
     show_text = per_dim <= 10
     out = [
-        f'<svg id="pad" class="pad" viewBox="0 0 {size} {size}" tabindex="0" role="slider" '
+        f'<svg id="pad" class="pad" viewBox="0 0 {size} {size}" tabindex="0" role="group" '
         f'aria-label="2-D latent pad: click or drag to pick a frame, arrow keys move" '
         f'data-per-dim="{per_dim}" data-x0="{_PAD_MARGIN}" data-y0="{_PAD_MARGIN}" data-side="{side}">',
         f'<text class="axis" x="{_PAD_MARGIN + side / 2}" y="12" text-anchor="middle">latent z2 (j) &#8594;</text>',
