@@ -129,7 +129,8 @@ def ratio_pad_svg(
     Returns
     -------
     Markup
-        ``<svg id="pad">`` markup; cells are ``rect.cell[data-index]`` with ``data-i``/``data-j``.
+        ``<svg id="pad">`` markup (cells are ``rect.cell[data-index]`` with ``data-i``/``data-j``) and a
+        one-line colour legend.
     """
     lo = min([*ratios, *([floor] if floor is not None else [])], default=0.0)
     hi = max([*ratios, 1.0], default=1.0)
@@ -164,4 +165,6 @@ def ratio_pad_svg(
         f'height="{_PAD_CELL}"/>'
     )
     out.append("</svg>")
+    below = " · red edge: below the floor" if floor is not None else ""
+    out.append(f'<p class="small muted legend">colour: ratio {lo:.3g} (pale) to {hi:.3g} (dark){below}</p>')
     return Markup("\n".join(out))
