@@ -90,7 +90,8 @@ def cluster(tmp_path_factory) -> Path:
     net = population_network(random_population(**POPULATION))
     out = tmp_path_factory.mktemp("cluster") / "cl"
     manifold = dict(per_dim=6, max_iter=80, warmup=10, mei_restarts=1, calibrate=False)
-    with _one_thread():
+    with _one_thread(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "response unit .*below the floor", RuntimeWarning)
         manifold_cluster(
             net, LAYER, "all", out, dim=1, clusters=2, align_settings=AlignSettings(max_iter=20),
             manifold_kwargs=manifold,
@@ -238,6 +239,10 @@ def test_the_cluster_page_links_every_member_and_shows_the_similarities(cluster)
         assert 'href="../index.html"' in member and f"{LAYER} · unit {u} " in member
         label = cl["labels"][cl["units"].index(int(u))]
         assert f"Cluster {label} of {cl['n_clusters']}" in member
+        near = re.findall(r'<a href="([^"]+)" class="near">unit (\d+)</a>', member)
+        assert sorted(int(v) for _, v in near) == sorted(v for v in cl["units"] if v != int(u))
+        for ref in _refs(cluster / href).refs:  # the unit's files, the cluster page, the nearest units
+            assert (cluster / href).parent.joinpath(unquote(urlparse(ref).path)).exists(), (href, ref)
     for k in range(cl["n_clusters"]):
         section = page.split(f'<section id="cluster-{k}"')[1].split("</section>")[0]
         members = [u for u, lab in zip(cl["units"], cl["labels"]) if lab == k]
@@ -250,6 +255,23 @@ def test_the_cluster_page_links_every_member_and_shows_the_similarities(cluster)
     assert cells == [_fmt(v, 3) for row in cl["similarity"] for v in row]
     for ref in _refs(cluster / "index.html").refs:
         assert not urlparse(ref).scheme and (cluster / unquote(urlparse(ref).path)).exists(), ref
+
+
+def test_a_cluster_member_without_its_manifold_is_marked_not_linked(cluster, tmp_path):
+    src = tmp_path / "cl"
+    shutil.copytree(cluster, src, ignore=shutil.ignore_patterns("index.html"))
+    cl = json.loads((src / "manifold_cluster.json").read_text(encoding="utf-8"))
+    gone = cl["units"][1]
+    (src / cl["unit_dirs"][str(gone)] / "manifold.json").unlink()
+    page = write_cluster_page(src).read_text(encoding="utf-8")
+    links = [int(u) for u in re.findall(r'class="member-link">unit (\d+)</a>', page)]
+    assert sorted(links) == sorted(u for u in cl["units"] if u != gone)
+    assert f"<strong>unit {gone}</strong>" in page and "missing files" in page
+    assert not (src / cl["unit_dirs"][str(gone)] / "index.html").exists()
+    for u in links:  # the others' pages name the unit among the nearest, without a dead link
+        member = src / cl["unit_dirs"][str(u)] / "index.html"
+        assert re.search(rf"most similar: .*\bunit {gone}\b", member.read_text(encoding="utf-8"))
+        assert all((member.parent / unquote(urlparse(r).path)).exists() for r in _refs(member).refs)
 
 
 def test_cli_report_on_a_cluster_folder(cluster, tmp_path, capsys):

@@ -250,7 +250,12 @@ def _cluster_of(folder: Path) -> dict[str, Any] | None:
         others = sorted((v, u) for u, v in zip(units, row) if u != unit and build._num(v) is not None)[::-1]
         inv = {u: d for d, u in dirs.items()}
         near = [
-            (f"unit {u}", f"../{inv[u]}/{PAGE}" if u in inv else "", build._fmt(v, 3)) for v, u in others[:5]
+            (
+                f"unit {u}",
+                f"../{inv[u]}/{PAGE}" if u in inv and (parent / inv[u] / MANIFOLD_JSON).is_file() else "",
+                build._fmt(v, 3),
+            )
+            for v, u in others[:5]
         ]
     return {
         "href": f"../{PAGE}",
