@@ -28,6 +28,7 @@ from diversevis.cli import main
 from diversevis.core.cppn import ImplicitGenerator
 from diversevis.methods.diversity_index import set_distances
 from diversevis.methods.manifold import contrastive_spread, grid_neighbours
+from diversevis.methods.manifold_result import loop_latents
 from diversevis.models.synthetic import cell_network, gabor
 
 #: Small, fast settings for the 16 px synthetic cells (a few seconds on one core).
@@ -192,6 +193,8 @@ def test_saved_frames_are_upscaled_and_the_loop_animates_each_axis(saved):
         assert min(im.size) >= 96 and im.size[0] % 8 == 0
     with Image.open(out / "loop.gif") as gif:
         assert gif.n_frames == 48 * 2
+    z = loop_latents(2, 4).tolist()  # each axis in turn, the other at 0
+    assert z == [[0, 0], [0.25, 0], [0.5, 0], [0.75, 0], [0, 0], [0, 0.25], [0, 0.5], [0, 0.75]]
 
 
 def test_a_saved_manifold_reloads_and_its_generator_redraws_the_grid(saved):
@@ -219,7 +222,7 @@ def test_a_saved_manifold_reloads_and_its_generator_redraws_the_grid(saved):
 )
 def test_bad_arguments_are_clear_errors(kw, words):
     with pytest.raises(dv.DiversevisError, match=words):
-        dv.manifold(cell_network("complex", size=8, channels=1), "response", 0, **kw)
+        dv.manifold(cell_network("complex", size=8, channels=1), "response", 0, max_iter=2, calibrate=False, **kw)
 
 
 def test_an_unknown_layer_is_a_clear_error():
