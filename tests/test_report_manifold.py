@@ -239,6 +239,11 @@ def test_the_cluster_page_links_every_member_and_shows_the_similarities(cluster)
         assert 'href="../index.html"' in member and f"{LAYER} · unit {u} " in member
         label = cl["labels"][cl["units"].index(int(u))]
         assert f"Cluster {label} of {cl['n_clusters']}" in member
+        j = cl["units"].index(int(u))  # the pager walks the layer's units in order
+        prev = re.search(r'<a href="([^"]+)" rel="prev">&larr; unit (\d+)</a>', member)
+        nxt = re.search(r'<a href="([^"]+)" rel="next">unit (\d+) &rarr;</a>', member)
+        assert (prev and int(prev.group(2))) == (cl["units"][j - 1] if j > 0 else None)
+        assert (nxt and int(nxt.group(2))) == (cl["units"][j + 1] if j + 1 < len(cl["units"]) else None)
         near = re.findall(r'<a href="([^"]+)" class="near">unit (\d+)</a>', member)
         assert sorted(int(v) for _, v in near) == sorted(v for v in cl["units"] if v != int(u))
         for ref in _refs(cluster / href).refs:  # the unit's files, the cluster page, the nearest units

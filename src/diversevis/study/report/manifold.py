@@ -229,7 +229,8 @@ def _plot(rec: dict[str, Any], frames: list[Frame]):
 
 
 def _cluster_of(folder: Path) -> dict[str, Any] | None:
-    """The cluster a unit's manifold folder belongs to (its parent holds ``manifold_cluster.json`` naming it)."""
+    """The cluster a unit's manifold folder belongs to (its parent holds ``manifold_cluster.json`` naming it):
+    the link back, the unit's cluster, its most similar units and the previous/next unit of the layer."""
     parent = folder.parent
     if not (parent / CLUSTER_JSON).is_file():
         return None
@@ -238,31 +239,28 @@ def _cluster_of(folder: Path) -> dict[str, Any] | None:
     except DiversevisError:
         return None
     dirs = {str(d): int(u) for u, d in (cl.get("unit_dirs") or {}).items()}
-    if folder.name not in dirs:
-        return None
-    unit = dirs[folder.name]
     units, labels = [int(u) for u in cl.get("units", [])], cl.get("labels") or []
-    k = labels[units.index(unit)] if unit in units and units.index(unit) < len(labels) else None
+    if folder.name not in dirs or dirs[folder.name] not in units:
+        return None
+    i = units.index(dirs[folder.name])
+    inv = {u: d for d, u in dirs.items()}
+
+    def href(u: int) -> str:  # a member's page, or "" when it has no manifold (so no page)
+        return f"../{inv[u]}/{PAGE}" if u in inv and (parent / inv[u] / MANIFOLD_JSON).is_file() else ""
+
     sym = cl.get("symmetric") or cl.get("similarity") or []
-    near: list[tuple[str, str, str]] = []
-    if unit in units and units.index(unit) < len(sym):
-        row = sym[units.index(unit)]
-        others = sorted((v, u) for u, v in zip(units, row) if u != unit and build._num(v) is not None)[::-1]
-        inv = {u: d for d, u in dirs.items()}
-        near = [
-            (
-                f"unit {u}",
-                f"../{inv[u]}/{PAGE}" if u in inv and (parent / inv[u] / MANIFOLD_JSON).is_file() else "",
-                build._fmt(v, 3),
-            )
-            for v, u in others[:5]
-        ]
+    row = sym[i] if i < len(sym) else []
+    others = sorted(((v, u) for u, v in zip(units, row) if u != units[i] and build._num(v) is not None))
+    linked = [u for u in units if href(u)]
+    pos = linked.index(units[i]) if units[i] in linked else None
     return {
         "href": f"../{PAGE}",
-        "cluster": k,
+        "cluster": labels[i] if i < len(labels) else None,
         "n_clusters": cl.get("n_clusters"),
-        "near": near,
+        "near": [(f"unit {u}", href(u), build._fmt(v, 3)) for v, u in others[::-1][:5]],
         "layer": cl.get("layer"),
+        "prev": None if not pos else (linked[pos - 1], href(linked[pos - 1])),
+        "next": None if pos is None or pos + 1 >= len(linked) else (linked[pos + 1], href(linked[pos + 1])),
     }
 
 
