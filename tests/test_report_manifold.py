@@ -154,7 +154,9 @@ def test_the_page_names_every_frame_and_shows_the_numbers_of_manifold_json(folde
     assert m and m.group(1) == _fmt(rec["ratios"][0])
     if rec["dim"] == 1:
         assert f'<input type="range" id="z" min="0" max="{n - 1}"' in page and 'id="pad"' not in page
-        assert page.count('<circle class="pt"') == n
+        points = re.findall(r'<circle class="pt( below)?" data-index="(\d+)"', page)
+        assert [int(k) for _, k in points] == list(range(n))
+        assert [bool(b) for b, _ in points] == [r < rec["floor"] for r in rec["ratios"]]
     else:
         assert page.count('<rect class="cell') == n and 'id="zi"' in page and 'id="zj"' in page
         cells = re.findall(r'<rect class="cell[^"]*" data-index="(\d+)" data-i="(\d+)" data-j="(\d+)"', page)
@@ -188,6 +190,12 @@ def test_the_floor_failure_and_a_missing_frame_are_shown(folder, tmp_path):
     assert rec["frames"][2] not in _refs(src / "index.html").imgs
     data = _frames_data(page)
     assert data[1]["below"] and data[2]["src"] == "" and data[0]["src"] == rec["frames"][0]
+    marked = (
+        '<circle class="pt below" data-index="1"'
+        if rec["dim"] == 1
+        else '<rect class="cell below" data-index="1"'
+    )
+    assert marked in page  # the plot (1-D) or the pad (2-D) marks the latent under the floor
 
 
 def test_text_from_the_folder_is_escaped(folder, tmp_path):

@@ -64,7 +64,8 @@ def ratio_line_svg(
     Returns
     -------
     Markup
-        ``<svg id="ratio-plot">`` markup; points are ``circle.pt[data-index]``, the cursor ``#ratio-cursor``.
+        ``<svg id="ratio-plot">`` markup; points are ``circle.pt[data-index]`` (class ``below`` under the
+        floor), the cursor ``#ratio-cursor``.
     """
     floors = [x for x in (floor, mean_floor) if x is not None]
     lo, hi = _y_range(ratios, floors)
@@ -111,9 +112,10 @@ def ratio_line_svg(
             f'<line id="ratio-cursor" x1="{_f(pts[0][0])}" x2="{_f(pts[0][0])}" y1="{_M_TOP}" '
             f'y2="{_M_TOP + ph}"/>'
         )
-    for k, ((x, y), title) in enumerate(zip(pts, titles)):
+    for k, ((x, y), title, r) in enumerate(zip(pts, titles, ratios)):
+        below = " below" if floor is not None and r < floor else ""
         out.append(
-            f'<circle class="pt" data-index="{k}" cx="{_f(x)}" cy="{_f(y)}" r="4">'
+            f'<circle class="pt{below}" data-index="{k}" cx="{_f(x)}" cy="{_f(y)}" r="4">'
             f"<title>{escape(title)}</title></circle>"
         )
     out.append("</svg>")
