@@ -147,7 +147,9 @@ def test_texture_cell_2d_manifold_spans_translations():
 def test_the_spread_term_prefers_a_circle_to_a_fold():
     t = torch.arange(12) / 12
     circle = torch.stack([torch.cos(2 * math.pi * t), torch.sin(2 * math.pi * t)], 1)
-    fold = torch.stack([torch.cos(math.pi * (1 - (2 * t - 1).abs())), torch.sin(math.pi * (1 - (2 * t - 1).abs()))], 1)
+    fold = torch.stack(
+        [torch.cos(math.pi * (1 - (2 * t - 1).abs())), torch.sin(math.pi * (1 - (2 * t - 1).abs()))], 1
+    )
     pos = grid_neighbours(1, 12)
     assert contrastive_spread(circle, pos, 0.3) < contrastive_spread(fold, pos, 0.3)
 
@@ -173,7 +175,9 @@ def test_a_saved_manifold_folder_has_exactly_the_documented_files(saved):
     m, out = saved
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     frames = [f"frames/{i:03d}.png" for i in range(9)]
-    assert files == sorted(["manifold.json", "generator.pt", "images.npz", "contact_sheet.png", "loop.gif", *frames])
+    assert files == sorted(
+        ["manifold.json", "generator.pt", "images.npz", "contact_sheet.png", "loop.gif", *frames]
+    )
     doc = json.loads((out / "manifold.json").read_text())
     keys = {"spec", "dim", "per_dim", "latents", "activations", "ratios", "mei_activation", "floor", "mean_floor",
             "floor_holds", "min_ratio", "mean_ratio", "di", "frames", "contact_sheet", "animation", "generator",
@@ -222,7 +226,9 @@ def test_a_saved_manifold_reloads_and_its_generator_redraws_the_grid(saved):
 )
 def test_bad_arguments_are_clear_errors(kw, words):
     with pytest.raises(dv.DiversevisError, match=words):
-        dv.manifold(cell_network("complex", size=8, channels=1), "response", 0, max_iter=2, calibrate=False, **kw)
+        dv.manifold(
+            cell_network("complex", size=8, channels=1), "response", 0, max_iter=2, calibrate=False, **kw
+        )
 
 
 def test_an_unknown_layer_is_a_clear_error():

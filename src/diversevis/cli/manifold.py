@@ -46,7 +46,13 @@ def add_manifold_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     add_model_args(p)
     p.add_argument("--layer", "-l", required=True, help="layer alias (conv3_1) or dot path (features.10)")
     p.add_argument("--unit", "-u", type=nonneg_int, required=True, help="channel index of the unit")
-    p.add_argument("--dim", type=int, choices=(1, 2), default=1, help="latent dimension: 1 a loop, 2 a torus (default: 1)")
+    p.add_argument(
+        "--dim",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="latent dimension: 1 a loop, 2 a torus (default: 1)",
+    )
     p.add_argument("--floor", type=fraction, default=_S.floor,
                    help=f"every grid latent at >= FLOOR x the MEI's activation (default: {_S.floor})")  # fmt: skip
     p.add_argument("--mean-floor", type=_mean_floor, default=_S.mean_floor,
@@ -60,12 +66,20 @@ def add_manifold_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                    help=f"temperature of the contrastive spread term (default: {_S.temperature})")  # fmt: skip
     p.add_argument("--warmup", type=nonneg_int, default=_S.warmup,
                    help=f"steps of soft start (spread vs mean activation) before the floors (default: {_S.warmup})")  # fmt: skip
-    p.add_argument("--no-jitter", action="store_true", help="train on the grid latents only (no random offset)")
-    p.add_argument("--hidden", type=positive_int, default=_S.hidden, help=f"generator width (default: {_S.hidden})")
-    p.add_argument("--depth", type=positive_int, default=_S.depth, help=f"generator sine layers (default: {_S.depth})")
+    p.add_argument(
+        "--no-jitter", action="store_true", help="train on the grid latents only (no random offset)"
+    )
+    p.add_argument(
+        "--hidden", type=positive_int, default=_S.hidden, help=f"generator width (default: {_S.hidden})"
+    )
+    p.add_argument(
+        "--depth", type=positive_int, default=_S.depth, help=f"generator sine layers (default: {_S.depth})"
+    )
     add_contrast_args(p)
     p.add_argument("--lr", type=positive_float, default=_S.lr, help=f"Adam learning rate (default: {_S.lr})")
-    p.add_argument("--max-iter", type=positive_int, default=_S.max_iter, help=f"most steps (default: {_S.max_iter})")
+    p.add_argument(
+        "--max-iter", type=positive_int, default=_S.max_iter, help=f"most steps (default: {_S.max_iter})"
+    )
     p.add_argument("--plateau-window", type=nonneg_int, default=_S.plateau_window,
                    help=f"plateau stopping: steps compared, two halves (0 disables; default: {_S.plateau_window})")  # fmt: skip
     p.add_argument("--plateau-rtol", type=nonneg_float, default=_S.plateau_rtol,

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diversevis.core.cppn import ImplicitGenerator, latent_grid
+from diversevis.core.errors import DiversevisError
 from diversevis.core.network import Network
 from diversevis.core.optimize import PartialRun, StepInfo, Watched, optimize
 from diversevis.core.result import Result
@@ -172,10 +173,10 @@ def run_manifold(
                          distance_layer=s.feature_layer, images_folder=s.images)  # fmt: skip
     mei_settings = MEISettings(contrast=s.contrast, norm=prob.norm, images=s.images, seed=s.seed,
                                restarts=s.mei_restarts, precision=s.precision)  # fmt: skip
-    mei_res, mei_act = resolve_mei(mei, lambda: run_mei(net, layer, unit, None, "max", mei_settings, progress=progress))
+    mei_res, mei_act = resolve_mei(
+        mei, lambda: run_mei(net, layer, unit, None, "max", mei_settings, progress=progress)
+    )
     if mei_act is None:
-        from diversevis.core.errors import DiversevisError
-
         raise DiversevisError("a manifold holds every latent at a fraction of the MEI's activation: give mei=True, "
                               "an MEI Result or its activation")  # fmt: skip
     gen = ImplicitGenerator(net.in_channels, prob.placement.image_size, s.dim, prob.norm, hidden=s.hidden,
@@ -246,7 +247,7 @@ def grid_neighbours(dim: int, per_dim: int, device=None) -> torch.Tensor:
     The grid is :func:`~diversevis.core.cppn.latent_grid`'s (row-major, last axis fastest); ``per_dim >= 3``.
     """
     idx = torch.arange(per_dim**dim, device=device)
-    coords = torch.stack([(idx // per_dim**(dim - 1 - k)) % per_dim for k in range(dim)], 1)  # (P, dim)
+    coords = torch.stack([(idx // per_dim ** (dim - 1 - k)) % per_dim for k in range(dim)], 1)  # (P, dim)
     diff = (coords[:, None, :] - coords[None, :, :]) % per_dim
     step = torch.minimum(diff, per_dim - diff)  # periodic distance per axis
     return step.sum(2) == 1
@@ -308,7 +309,9 @@ def _manifold_loss(
 
 
 @torch.no_grad()
-def _grid_values(prob: Problem, gen: ImplicitGenerator, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _grid_values(
+    prob: Problem, gen: ImplicitGenerator, grid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The grid's images ``(P, C, H, W)`` and activations ``(P,)`` (fp32)."""
     x = gen.render(grid)
     return x, prob.evaluate(x, need_features=False)[0]

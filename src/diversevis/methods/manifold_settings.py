@@ -67,14 +67,19 @@ class ManifoldSettings(Settings):
 
     def check(self) -> None:
         if isinstance(self.dim, bool) or self.dim not in DIMS:
-            raise DiversevisError(
-                f"dim must be 1 (a loop) or 2 (a torus), got {self.dim!r}"
-            )
+            raise DiversevisError(f"dim must be 1 (a loop) or 2 (a torus), got {self.dim!r}")
         if self.per_dim is None:
             object.__setattr__(self, "per_dim", DEFAULT_PER_DIM[self.dim])
         check_fields(
             self,
-            ints=[("per_dim", 3, 256), ("warmup", 0), ("hidden", 1), ("depth", 1), ("harmonics", 1), ("mei_restarts", 1)],
+            ints=[
+                ("per_dim", 3, 256),
+                ("warmup", 0),
+                ("hidden", 1),
+                ("depth", 1),
+                ("harmonics", 1),
+                ("mei_restarts", 1),
+            ],
             floats=[
                 ("floor", 0.0, 1.0, True),
                 ("mean_floor", 0.0, 1.0, True),
