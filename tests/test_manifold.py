@@ -271,3 +271,14 @@ def test_cli_manifold_usage_errors_exit_2_without_a_traceback(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "Traceback" not in err and "error" in err
     assert not (tmp_path / "m" / "manifold.json").exists()
+
+
+def test_the_same_seed_gives_the_same_manifold_on_cpu():
+    net = cell_network("complex", size=8, channels=1)
+    kw = dict(dim=1, norm=1.0, per_dim=4, hidden=8, max_iter=15, warmup=4, mei_restarts=1, calibrate=False)
+    with pytest.warns(RuntimeWarning, match="below the floor"):  # 15 steps do not reach it
+        a = dv.manifold(net, "response", 0, seed=3, **kw)
+        b = dv.manifold(net, "response", 0, seed=3, **kw)
+        c = dv.manifold(net, "response", 0, seed=4, **kw)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    assert a.spec["seed"] == 3 and not a.floor_holds and "floor_failure" in a.spec
