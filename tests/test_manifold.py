@@ -293,3 +293,13 @@ def test_jitter_trains_the_continuum_between_coarse_grid_points():
     with torch.no_grad():
         a = net.activations(m.generator.render(z), ["response"])["response"].flatten()
     assert float((a / m.mei_activation).min()) >= 0.7
+
+
+def test_a_unit_nothing_drives_is_a_clear_error():
+    dead = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3))
+    with torch.no_grad():
+        dead[0].weight.zero_()
+        dead[0].bias.fill_(-1.0)  # -1 for every image: the MEI is -1
+    net = dv.Network(dead, mean=[0.5], std=[1.0], in_channels=1, input_size=8)
+    with pytest.raises(dv.DiversevisError, match="no image drives the unit"):
+        dv.manifold(net, "0", 0, norm=1.0, max_iter=2, mei_restarts=1)

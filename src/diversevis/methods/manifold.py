@@ -179,6 +179,11 @@ def run_manifold(
     if mei_act is None:
         raise DiversevisError("a manifold holds every latent at a fraction of the MEI's activation: give mei=True, "
                               "an MEI Result or its activation")  # fmt: skip
+    if not float(mei_act) > 0:
+        raise DiversevisError(
+            f"{net.display_name(layer)} unit {unit}: the MEI's activation is {float(mei_act):.4g} <= 0, so no image "
+            "drives the unit and there is no floor to hold; choose another unit (or a pre-activation layer)"
+        )
     gen = ImplicitGenerator(net.in_channels, prob.placement.image_size, s.dim, prob.norm, hidden=s.hidden,
                             depth=s.depth, w0=s.w0, harmonics=s.harmonics, seed=s.seed).to(net.device)  # fmt: skip
     grid = latent_grid(s.dim, s.per_dim, device=net.device)
@@ -282,8 +287,10 @@ def contrastive_spread(feats: torch.Tensor, positives: torch.Tensor, temperature
 def _manifold_loss(
     prob: Problem, s: ManifoldSettings, fc: FloorConstraint, best: _BestState
 ) -> Callable[[torch.Tensor], Watched]:
-    """The floor's augmented Lagrangian plus the spread term relative to its start (the floor
-    maximises ``-spread``); keeps the generator's weights at the best feasible step."""
+    """The loop's loss: for the first ``s.warmup`` steps the spread term (relative to its start)
+    minus the grid's mean ratio to the MEI, with no floor and no stopping; then the floors' augmented
+    Lagrangian with ``-spread`` as the term maximised (:class:`FloorConstraint`, one multiplier per grid
+    latent). Keeps the generator's weights at the best feasible step (lowest spread loss)."""
     positives = grid_neighbours(s.dim, s.per_dim, prob.net.device)
     group = torch.zeros(1, dtype=torch.long, device=prob.net.device)
 
