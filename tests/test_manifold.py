@@ -301,5 +301,5 @@ def test_a_unit_nothing_drives_is_a_clear_error():
         dead[0].weight.zero_()
         dead[0].bias.fill_(-1.0)  # -1 for every image: the MEI is -1
     net = dv.Network(dead, mean=[0.5], std=[1.0], in_channels=1, input_size=8)
-    with pytest.raises(dv.DiversevisError, match="no image drives the unit"):
+    with pytest.raises(dv.DiversevisError, match="unit 0: the MEI.s activation is -1 <= 0"):
         dv.manifold(net, "0", 0, norm=1.0, max_iter=2, mei_restarts=1)
