@@ -38,6 +38,7 @@ _LAZY = {
     "load_prior": "images.prior",
     "train_prior": "images.prior",
     "PixelCNNPrior": "images.prior",
+    "manifold_cluster": "study.manifold_cluster",
 }
 
 
@@ -70,6 +71,7 @@ __all__ = [
     "manifold",
     "ManifoldResult",
     "load_manifold",
+    "manifold_cluster",
     "shift_test",
     "ShiftResult",
     "phase_test",
