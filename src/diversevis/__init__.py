@@ -39,6 +39,8 @@ _LAZY = {
     "train_prior": "images.prior",
     "PixelCNNPrior": "images.prior",
     "manifold_cluster": "study.manifold_cluster",
+    "dgn_am": "methods.dgn_am",
+    "ppgn": "methods.ppgn",
 }
 
 

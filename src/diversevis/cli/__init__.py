@@ -44,6 +44,7 @@ COMMAND_MODULES = (
     "dissect",
     "manifold",
     "manifold_cluster",
+    "generator_prior",
 )
 
 #: The classic methods' command modules (a subset of :data:`COMMAND_MODULES`).
