@@ -41,6 +41,10 @@ _LAZY = {
     "manifold_cluster": "study.manifold_cluster",
     "dgn_am": "methods.dgn_am",
     "ppgn": "methods.ppgn",
+    "train_generator": "methods.generator",
+    "load_generator": "methods.generator",
+    "ImageGenerator": "methods.generator",
+    "evaluate_generator": "methods.generator",
 }
 
 

@@ -45,6 +45,7 @@ COMMAND_MODULES = (
     "manifold",
     "manifold_cluster",
     "generator_prior",
+    "generator",
 )
 
 #: The classic methods' command modules (a subset of :data:`COMMAND_MODULES`).

@@ -50,9 +50,16 @@ What differs from the originals
 
 from __future__ import annotations
 
+from diversevis.methods.generator.cache import generator_cache_path, load_generator, save_generator
 from diversevis.methods.generator.config import PRESETS, GeneratorConfig
 from diversevis.methods.generator.config import _resolve_config as _resolve_config
 from diversevis.methods.generator.network import ImageGenerator, code_shape_of, feature_network
+from diversevis.methods.generator.training import (
+    evaluate_generator,
+    gaussian_blur,
+    held_out_patches,
+    train_generator,
+)
 
 __all__ = [
     "GeneratorConfig",
@@ -60,4 +67,11 @@ __all__ = [
     "ImageGenerator",
     "feature_network",
     "code_shape_of",
+    "train_generator",
+    "evaluate_generator",
+    "held_out_patches",
+    "gaussian_blur",
+    "save_generator",
+    "load_generator",
+    "generator_cache_path",
 ]

@@ -101,14 +101,19 @@ class _Decoder(nn.Module):
 
 
 class _CodeDAE(nn.Module):
-    """Residual denoiser of scaled codes: ``z + f(z)`` with ``f`` three 3x3 convolutions (last one zero-initialised)."""
+    """Residual denoiser of scaled codes, the same at every position: ``z + f(z)``, ``f`` a 1x1-convolution MLP.
+
+    ``f``: ``C -> width`` (leaky ReLU) ``-> C``, the last layer zero-initialised (``R`` starts as the identity).
+    A per-position MLP learns the codes' element-wise structure (many exact zeros after the ReLU) far faster
+    than 3x3 convolutions, which did not reduce the denoising error at all in a short measurement.
+    """
 
     def __init__(self, code_channels: int, width: int) -> None:
         super().__init__()
-        last = nn.Conv2d(width, code_channels, 3, padding=1)
+        last = nn.Conv2d(width, code_channels, 1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*_conv(code_channels, width), *_conv(width, width), last)
+        self.net = nn.Sequential(nn.Conv2d(code_channels, width, 1), nn.LeakyReLU(_SLOPE), last)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z + self.net(z)
