@@ -215,3 +215,20 @@ def test_cli_dgn_am_without_a_trained_generator_says_how_to_train_one(tmp_path, 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode in (1, 2)
     assert "train-generator" in done.stderr and "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------------- as a baseline
+def test_ppgn_baseline_of_a_complex_cell_falls_short_of_dfvs_floor_and_says_so(tiny_generator):
+    """Through a natural-image generator PPGN cannot hold a synthetic complex cell at DFV's floor: the
+    comparison keeps its row, picks its most activating samples and flags the set as unmatched."""
+    from diversevis.methods.baselines import compare_baselines
+
+    cmp = compare_baselines(
+        cell_network("complex", size=16, wavelength=12.0), "response", 0, n_images=4, floor=0.85,
+        natural=False, gram=False, max_iter=300, ppgn=tiny_generator,
+    )  # fmt: skip
+    dfv, samples = cmp.row("dfv"), cmp.row("ppgn")
+    assert cmp.extra["ppgn_matched"] is False and cmp.extra["ppgn_eligible"] < 4
+    assert samples["mean_ratio"] < dfv["min_ratio"] - 0.2
+    assert cmp.extra["ppgn_spec"]["method"] == "ppgn" and "ppgn" in cmp.markdown()
+    assert cmp.gaps()["ppgn"] is not None
