@@ -2,7 +2,13 @@
 
 import torch
 
-from diversevis.core.cppn import ImplicitGenerator, affine_coords, latent_grid, periodic_embedding, pixel_coords
+from diversevis.core.cppn import (
+    ImplicitGenerator,
+    affine_coords,
+    latent_grid,
+    periodic_embedding,
+    pixel_coords,
+)
 
 
 def test_a_latent_loop_closes_z0_and_z1_give_the_same_image():

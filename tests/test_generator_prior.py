@@ -48,7 +48,10 @@ def test_prior_alone_moves_a_code_to_its_dae_reconstruction(tiny_generator):
     gen = tiny_generator
     net = cell_network("simple", size=16)
     cp = CodeProblem.build(_problem(net), gen)
-    h0 = gen.clip(gen.code_mean + gen.code_std * torch.randn(2, *gen.code_shape, generator=torch.Generator().manual_seed(0)))
+    h0 = gen.clip(
+        gen.code_mean
+        + gen.code_std * torch.randn(2, *gen.code_shape, generator=torch.Generator().manual_seed(0))
+    )
     s = CodeSamplerSettings(chains=2, n_iter=1, eps2=0.0, eps1=gen.dae_sigma**2, eps3=0.0, decay=1.0)
     trace = sample_codes(cp, h0, s, eps1=gen.dae_sigma**2)
     with torch.no_grad():
@@ -84,7 +87,12 @@ def test_the_unit_sees_the_centre_crop_at_the_meis_contrast(tiny_generator):
 
 def test_a_grey_network_sees_the_luminance_of_the_crop(tiny_generator):
     cp = CodeProblem.build(_problem(cell_network("simple", size=16, channels=1)), tiny_generator)
-    assert cp.render(torch.rand(1, 3, tiny_generator.config.size, tiny_generator.config.size)).shape == (1, 1, 16, 16)
+    assert cp.render(torch.rand(1, 3, tiny_generator.config.size, tiny_generator.config.size)).shape == (
+        1,
+        1,
+        16,
+        16,
+    )
 
 
 def test_a_receptive_field_larger_than_the_generator_names_the_size_to_train(tiny_generator):
@@ -164,7 +172,13 @@ def test_more_samples_than_chains_is_an_error(tiny_generator):
 
 
 def test_dgn_am_defaults_are_the_references():
-    assert (DGN_AM.n_iter, DGN_AM.decay, DGN_AM.eps1, DGN_AM.eps3, DGN_AM.lr_end) == (200, 0.99, 0.0, 0.0, 0.0)
+    assert (DGN_AM.n_iter, DGN_AM.decay, DGN_AM.eps1, DGN_AM.eps3, DGN_AM.lr_end) == (
+        200,
+        0.99,
+        0.0,
+        0.0,
+        0.0,
+    )
     assert PPGN.eps1 is None and PPGN.eps3 > 0 and PPGN.decay == 1.0
 
 

@@ -77,8 +77,12 @@ def add_ppgn_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.add_argument("--samples", type=positive_int, default=6, help="images returned (default: 6)")
-    p.add_argument("--chains", type=positive_int, default=None, help="parallel chains (default: max(16, samples))")
-    p.add_argument("--n-iter", type=positive_int, default=PPGN.n_iter, help=f"updates (default: {PPGN.n_iter})")
+    p.add_argument(
+        "--chains", type=positive_int, default=None, help="parallel chains (default: max(16, samples))"
+    )
+    p.add_argument(
+        "--n-iter", type=positive_int, default=PPGN.n_iter, help=f"updates (default: {PPGN.n_iter})"
+    )
     p.add_argument("--lr", type=positive_float, default=PPGN.lr,
                    help=f"condition step size, in units of the codes' spread (default: {PPGN.lr})")  # fmt: skip
     p.add_argument("--eps1", type=nonneg_float, default=None,
@@ -143,7 +147,9 @@ def _summary(name: str, res, out) -> None:
         f"{px(s['image_size'])} from a {s['generator']['config']['size']}px generator, {s['seconds']:.1f}s"
     )
     if m.get("mean_ratio") is not None:
-        print(f"  ratio to the MEI ({res.mei_activation:.4g}): min {m['min_ratio']:.3f}, mean {m['mean_ratio']:.3f}")
+        print(
+            f"  ratio to the MEI ({res.mei_activation:.4g}): min {m['min_ratio']:.3f}, mean {m['mean_ratio']:.3f}"
+        )
     if len(res.activations) > 1 and m.get("min_distance") is not None:
         print(f"  pairwise distance ({s.get('distance_layer') or 'pixels'}): min {m['min_distance']:.4g}")
     print(f"  wrote {out}/ (grid.png, generator.png, images.npz, result.json)")

@@ -87,16 +87,8 @@ def dgn_am(
         chains=restarts, n_iter=n_iter, lr=lr, lr_end=lr_end, decay=decay, init=init, contrast=contrast,
         norm=norm, images=images, seed=seed,
     )  # fmt: skip
-    net = _prepare(model, device)
-    gen = resolve_generator(generator, net.device)
-    prob = Problem.build(
-        net, layer, unit, None, "max", contrast=s.contrast, norm=s.norm, distance_layer=None,
-        images_folder=s.images,
-    )  # fmt: skip
-    cp = CodeProblem.build(prob, gen)
-    mei_res, mei_act = resolve_mei(
-        mei, lambda: _mei(net, layer, unit, contrast=s.contrast, norm=s.norm, images=s.images, seed=seed)
-    )
+    cp, mei_res, mei_act = _setup(model, layer, unit, generator, s, None, mei, device)
+    net, gen, prob = cp.prob.net, cp.generator, cp.prob
     trace = sample_codes(cp, start_codes(cp, s), s, eps1=0.0, progress=progress, desc="DGN-AM")
     with torch.no_grad():
         acts = cp.values(trace.best_codes.to(net.device)).cpu()
@@ -110,6 +102,24 @@ def dgn_am(
         shown, acts[best : best + 1], full, spec, mei_res, mei_act, cp, history(trace),
         restart_activations=[float(a) for a in acts],
     )  # fmt: skip
+
+
+def _setup(
+    model: Any, layer: str, unit: int, generator: Any, s: CodeSamplerSettings, distance_layer: str | None,
+    mei: bool | float | Result, device: Any,
+) -> tuple[CodeProblem, Result | None, float | None]:  # fmt: skip
+    """The unit seen through the generator, and the unrestricted MEI (computed at the same contrast)."""
+    net = _prepare(model, device)
+    gen = resolve_generator(generator, net.device)
+    prob = Problem.build(
+        net, layer, unit, None, "max", contrast=s.contrast, norm=s.norm, distance_layer=distance_layer,
+        images_folder=s.images,
+    )  # fmt: skip
+    cp = CodeProblem.build(prob, gen)
+    mei_res, mei_act = resolve_mei(
+        mei, lambda: _mei(net, layer, unit, contrast=s.contrast, norm=s.norm, images=s.images, seed=s.seed)
+    )
+    return cp, mei_res, mei_act
 
 
 def _generator_result(
@@ -147,7 +157,10 @@ def generator_spec(gen: nn.Module) -> dict[str, Any]:
     """The generator's part of a run spec: its settings and what its training measured."""
     config = gen.config.to_dict() if hasattr(gen.config, "to_dict") else dataclasses.asdict(gen.config)
     metrics = getattr(gen, "metrics", None) or {}
-    return {"config": config, "metrics": {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}}
+    return {
+        "config": config,
+        "metrics": {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))},
+    }
 
 
 def settings_of(s: CodeSamplerSettings) -> dict[str, Any]:

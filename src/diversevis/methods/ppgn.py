@@ -29,11 +29,9 @@ from diversevis.core.network import Network
 from diversevis.core.objectives import pairwise_rms_matrix
 from diversevis.core.result import Result
 from diversevis.methods.code_sampler import CodeProblem, GeneratorResult, history, sample_codes, start_codes
-from diversevis.methods.dfv import mei as _mei
-from diversevis.methods.dgn_am import _generator_result, generator_spec, resolve_generator, settings_of
+from diversevis.methods.dgn_am import _generator_result, _setup, generator_spec, settings_of
 from diversevis.methods.exemplars import greedy_max_min
 from diversevis.methods.generator_settings import PPGN
-from diversevis.methods.problem import Problem, _prepare, resolve_mei
 
 __all__ = ["ppgn"]
 
@@ -105,16 +103,8 @@ def ppgn(
         burn_in=min(burn_in, n_iter), init=init, contrast=contrast, norm=norm, images=images, seed=seed,
     )  # fmt: skip
     n = _check_counts(n_samples, s.chains, min_ratio)
-    net = _prepare(model, device)
-    gen = resolve_generator(generator, net.device)
-    prob = Problem.build(
-        net, layer, unit, None, "max", contrast=s.contrast, norm=s.norm, distance_layer=distance_layer,
-        images_folder=s.images,
-    )  # fmt: skip
-    cp = CodeProblem.build(prob, gen)
-    mei_res, mei_act = resolve_mei(
-        mei, lambda: _mei(net, layer, unit, contrast=s.contrast, norm=s.norm, images=s.images, seed=seed)
-    )
+    cp, mei_res, mei_act = _setup(model, layer, unit, generator, s, distance_layer, mei, device)
+    net, gen, prob = cp.prob.net, cp.generator, cp.prob
     if min_ratio is not None and mei_act is None:
         raise DiversevisError("min_ratio needs the MEI's activation: pass mei=True, a number or a Result")
     eps1_value = s.resolved_eps1(float(gen.dae_sigma), 0.1)
@@ -135,7 +125,9 @@ def ppgn(
         "chain_final_ratios": [float(a / mei_act) if mei_act else None for a in final],
     }  # fmt: skip
     dist = pairwise_rms_matrix(feats[pick].flatten(1))
-    return _generator_result(shown, acts[pick], full, spec, mei_res, mei_act, cp, history(trace), dist, **extra)
+    return _generator_result(
+        shown, acts[pick], full, spec, mei_res, mei_act, cp, history(trace), dist, **extra
+    )
 
 
 def _check_counts(n_samples: Any, chains: int, min_ratio: Any) -> int:
