@@ -222,7 +222,8 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p = sub.add_parser(
         "analyze",
         help="DFV vs random restarts vs Gram diversity vs natural exemplars (table + figure)",
-        description="Run DFV and three baselines at matched settings and compare their diversity in the same "
+        description="Run DFV and three baselines (four with --ppgn: samples of Plug & Play Generative Networks "
+        "at DFV's min ratio) at matched settings and compare their diversity in the same "
         "distance space (comparison.png, comparison.md, comparison.json).",
     )
     add_model_args(p)
@@ -241,6 +242,15 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     )
     p.add_argument("--no-gram", action="store_true", help="skip the Gram-cosine baseline")
     p.add_argument("--no-natural", action="store_true", help="skip the natural-exemplar baseline")
+    p.add_argument(
+        "--ppgn",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="GENERATOR",
+        help="add the PPGN sampling baseline through a trained generator (a cached preset name or a .pt "
+        "file; default when given without a value: default; see `diversevis train-generator`)",
+    )
     p.add_argument(
         "--candidates", type=positive_int, default=8192, help="natural patches sampled (default: 8192)"
     )
@@ -275,6 +285,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         gram=not args.no_gram,
         exemplar_candidates=args.candidates,
         exemplar_k=args.top_k,
+        ppgn=args.ppgn,
         images=args.naturals,
         progress=not args.quiet,
     )

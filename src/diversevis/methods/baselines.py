@@ -15,7 +15,10 @@ contrast, number of images and seed):
 * ``gram``: Lucid's Gram-cosine diversity, its weight tuned by bisection until the set's mean activation
   matches DFV's;
 * ``natural``: the most activating natural patches (at the same contrast), a greedy max-min diverse
-  subset of the top k.
+  subset of the top k;
+* ``ppgn`` (with ``ppgn=``): Plug & Play Generative Network samples (:func:`diversevis.ppgn`) through a
+  trained generator, the most diverse of those at >= DFV's min ratio (matched activation): the sampling
+  baseline of the paper's claim (iii).
 """
 
 from __future__ import annotations
@@ -291,6 +294,7 @@ def compare_baselines(
     exemplar_k: int = 64,
     gram: bool = True,
     floor: float | None = None,
+    ppgn: Any = None,
     images: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
@@ -313,6 +317,10 @@ def compare_baselines(
         for the bisection).
     floor : float, optional
         Run DFV in floor mode (every image at >= ``floor`` x MEI) instead of with weight ``diversity``.
+    ppgn : ImageGenerator, str, path or True, optional
+        Add the PPGN baseline with this generator (``True``: the cached ``"default"``; ``None``: skip). Its
+        samples are chosen at >= DFV's min ratio (matched activation); ``extra["ppgn_matched"]`` says
+        whether enough samples got there.
 
     Every set also gets the calibrated diversity index (``di``, ``di_min``; ``di_feature``... with a
     distance layer) from one calibration at DFV's floor (lambda mode: DFV's rounded min ratio), so the
@@ -367,6 +375,11 @@ def compare_baselines(
         sets["natural"], extra["natural_top1_ratio"] = _natural_set(
             net, layer, unit, m, n_images, distance_layer, exemplar_k, exemplar_candidates, images, seed
         )
+    if ppgn is not None and ppgn is not False:
+        sets["ppgn"] = _ppgn_set(net, layer, unit, ppgn, m, sets["dfv"], n_images, distance_layer, common)
+        extra["ppgn_matched"] = sets["ppgn"].extra.get("matched")
+        extra["ppgn_eligible"] = sets["ppgn"].extra.get("eligible")
+        extra["ppgn_spec"] = sets["ppgn"].spec
     settings = DiverseSettings(
         n_images=n_images, distance_layer=distance_layer, seed=seed, max_iter=max_iter, floor=floor
     )
@@ -403,6 +416,25 @@ def _natural_set(
     )
     sub = diverse_exemplars(top, n_images, distance_layer=distance_layer)
     return sub.as_result(mei_activation=m.mei_activation), float(top.activations[0]) / m.mei_activation
+
+
+def _ppgn_set(
+    net: Network, layer: str, unit: int, generator: Any, m: Result, dfv: Result, n_images: int,
+    distance_layer: str | None, common: dict[str, Any],
+) -> Result:  # fmt: skip
+    """The PPGN baseline: the most diverse ``n_images`` samples at >= the DFV set's min ratio."""
+    import warnings
+
+    from diversevis.methods.ppgn import ppgn
+
+    with warnings.catch_warnings():  # an unmatched set is recorded in the comparison's extra instead
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return ppgn(
+            net, layer, unit, "default" if generator is True else generator, n_images,
+            min_ratio=float(dfv.ratios.min()), distance_layer=distance_layer, contrast=common["contrast"],
+            norm=m.spec["norm"], images=common["images"], seed=common["seed"], mei=m,
+            progress=common["progress"],
+        )  # fmt: skip
 
 
 def _set_row(prob: Problem, res: Result, mei_act: float, cal) -> dict[str, Any]:

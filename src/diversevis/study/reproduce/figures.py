@@ -76,7 +76,7 @@ def _tradeoff_figure(out: Path, rows: list[dict]) -> str:
 def _baseline_figure(out: Path, rows: list[dict]) -> str:
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for k, marker in (("restarts", "o"), ("gram", "s"), ("natural", "^")):
+    for k, marker in (("restarts", "o"), ("gram", "s"), ("natural", "^"), ("ppgn", "D")):
         pts = [(r.get(f"{k}_min_distance"), r.get("dfv_min_distance")) for r in rows]
         pts = [(a, b) for a, b in pts if a and b]
         if pts:

@@ -18,7 +18,7 @@ import torch
 
 from diversevis.core.cache import atomic_write_json, json_default
 from diversevis.methods.dfv import diverse, mei
-from diversevis.study.reproduce.config import _DEVICE, EFF_CANDIDATES, FLOOR, Preset, _load
+from diversevis.study.reproduce.config import _DEVICE, EFF_CANDIDATES, FLOOR, Preset, _load, _preset_name
 from diversevis.study.reproduce.stats import _pixel_min_distance
 
 #: Where the study's sweeps go: floor-mode sweeps, apart from the lambda-mode ones of earlier versions.
@@ -182,7 +182,7 @@ def _baselines(out: Path, preset: Preset, sweep_rows: list[dict], seed: int) -> 
                 continue
             cmp = compare_baselines(
                 net, layer, u, floor=FLOOR, distance_layer=dl, seed=seed, max_iter=preset.max_iter,
-                exemplar_candidates=preset.candidates,
+                exemplar_candidates=preset.candidates, ppgn=_generator(preset),
             )  # fmt: skip
             d = cmp.save(out / "baselines" / f"{layer}_u{u}")
             summary = _baseline_summary(cmp, layer, u, str((d / "comparison.png").relative_to(out)))
@@ -202,9 +202,19 @@ def _baseline_summary(cmp, layer: str, unit: int, figure: str) -> dict[str, Any]
         **{f"{k}_mean_ratio": r["mean_ratio"] for k, r in ((r["method"], r) for r in cmp.rows)},
         **{f"{k}_di": r.get("di") for k, r in ((r["method"], r) for r in cmp.rows)},
         **{f"{k}_di_feature": r.get("di_feature") for k, r in ((r["method"], r) for r in cmp.rows)},
+        "ppgn_matched": cmp.extra.get("ppgn_matched"),
         "gaps": cmp.gaps(),
         "figure": figure,
     }
+
+
+def _generator(preset: Preset):
+    """The PPGN baseline's generator: the cached ``default`` one, trained and cached when missing (about
+    25 minutes on a CPU); the quick preset uses the ``tiny`` one (a minute), which only shows the wiring."""
+    from diversevis.methods.generator import load_generator
+
+    name = "tiny" if _preset_name(preset).startswith("quick") else "default"
+    return load_generator(name, train=True, progress=False)
 
 
 def _prior_model(out: Path, steps: int | None):
