@@ -25,6 +25,11 @@ _FORMAT = "diversevis-image-generator"
 _FORMAT_VERSION = 1
 
 
+def _generator_dir() -> Path:
+    """Folder of the cached generators: ``cache_dir() / "generator"`` (tests point it elsewhere)."""
+    return _cache.cache_dir() / "generator"
+
+
 def generator_cache_path(
     name: str = "default", config: GeneratorConfig | None = None, images: str | os.PathLike | None = None
 ) -> Path:
@@ -52,7 +57,7 @@ def generator_cache_path(
         {"v": _FORMAT_VERSION, "config": cfg.to_dict(), "images": image_set_id(images)}, sort_keys=True
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return _cache.cache_dir() / "generator" / f"{name}-{digest}.pt"
+    return _generator_dir() / f"{name}-{digest}.pt"
 
 
 def _plain(obj: Any) -> Any:
