@@ -148,6 +148,18 @@ def test_too_few_matched_samples_are_flagged_and_warned():
     assert not matched and eligible == 1 and pick == [0, 2]
 
 
+def test_unmatched_sets_are_chosen_at_the_level_n_chains_reach_not_from_one_chain():
+    """Chain 0 holds the three most activating samples, all alike; chain 1 peaks at 0.6, chain 2 at 0.5.
+    With n = 2 the bar drops to 0.6 (chain 1's best) and the set spreads over both chains."""
+    acts = torch.tensor([0.9, 0.6, 0.5, 0.88, 0.2, 0.1, 0.87, 0.3, 0.2])
+    chains = torch.arange(9) % 3
+    feats = torch.tensor([[0.0], [9.0], [5.0], [0.1], [1.0], [1.0], [0.2], [1.0], [1.0]])
+    with pytest.warns(RuntimeWarning):
+        pick, matched, eligible = _choose(acts, feats, 2, bar=0.95, chains=chains)
+    assert not matched and eligible == 0
+    assert pick == [0, 1]
+
+
 # --------------------------------------------------------------------------------- argument handling
 @settings(max_examples=40, deadline=None)
 @given(

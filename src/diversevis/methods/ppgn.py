@@ -111,7 +111,9 @@ def ppgn(
     trace = sample_codes(cp, start_codes(cp, s), s, eps1=eps1_value, progress=progress, desc="PPGN")
     pool = trace.samples if min_ratio is not None else trace.codes[:n]
     acts, feats = _score(cp, pool)
-    pick, matched, eligible = _choose(acts, feats, n, None if min_ratio is None else min_ratio * mei_act)
+    labels = torch.arange(pool.shape[0]) % s.chains  # samples are kept chain by chain at each snapshot
+    bar = None if min_ratio is None else min_ratio * mei_act
+    pick, matched, eligible = _choose(acts, feats, n, bar, labels)
     with torch.no_grad():
         full, shown = cp.images(pool[pick].to(net.device))
     spec = prob.run_spec(
@@ -122,6 +124,7 @@ def ppgn(
     final = trace.activations[-1]
     extra = {
         "pool": int(pool.shape[0]), "eligible": eligible, "matched": matched,
+        "chosen_at_ratio": None if min_ratio is None else float(acts[pick].min() / mei_act),
         "chain_final_ratios": [float(a / mei_act) if mei_act else None for a in final],
     }  # fmt: skip
     dist = pairwise_rms_matrix(feats[pick].flatten(1))
@@ -155,25 +158,31 @@ def _score(cp: CodeProblem, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def _choose(
-    acts: torch.Tensor, feats: torch.Tensor, n: int, bar: float | None
+    acts: torch.Tensor, feats: torch.Tensor, n: int, bar: float | None, chains: torch.Tensor | None = None
 ) -> tuple[list[int], bool, int]:
     """Indices of the chosen samples, whether ``n`` met the bar, and how many did.
 
-    Without a bar: the first ``n``. With one: greedy max-min among those at >= ``bar`` (most activating
-    first), topped up by the most activating of the rest when fewer than ``n`` qualify.
+    Without a bar: the first ``n``. With one: greedy max-min among the samples at >= ``bar`` (the most
+    activating first). When fewer than ``n`` get there, the bar drops to the best activation of the
+    ``n``-th best chain (``chains`` gives each sample's chain), so the set is still the most diverse one
+    PPGN offers at its own highest common level, drawn from at least ``n`` chains; with no chain labels
+    (or fewer chains than ``n``) the most activating samples fill the set.
     """
     if bar is None:
         return list(range(n)), True, n
     ok = torch.nonzero(acts >= bar).flatten()
-    if len(ok) >= n:
-        start = int(acts[ok].argmax())
-        return [int(ok[i]) for i in greedy_max_min(feats[ok].flatten(1), n, start=start)], True, len(ok)
-    rest = [int(i) for i in torch.argsort(acts, descending=True) if int(i) not in set(ok.tolist())]
-    pick = [int(i) for i in ok] + rest[: n - len(ok)]
-    warnings.warn(
-        f"only {len(ok)} of {len(acts)} PPGN samples reach the matched activation; the set is filled with "
-        "the most activating others (raise n_iter, chains or lr, or lower min_ratio)",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    return pick, False, len(ok)
+    matched = len(ok) >= n
+    if not matched:
+        warnings.warn(
+            f"only {len(ok)} of {len(acts)} PPGN samples reach the matched activation; the set is chosen at "
+            "the highest level n chains reach (raise n_iter, chains or lr, or lower min_ratio)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if chains is None or int(chains.max()) + 1 < n:
+            return [int(i) for i in torch.argsort(acts, descending=True)[:n]], False, len(ok)
+        best = torch.full((int(chains.max()) + 1,), -torch.inf).scatter_reduce(0, chains, acts, "amax")
+        ok = torch.nonzero(acts >= torch.sort(best, descending=True).values[n - 1]).flatten()
+    start = int(acts[ok].argmax())
+    pick = [int(ok[i]) for i in greedy_max_min(feats[ok].flatten(1), n, start=start)]
+    return pick, matched, int((acts >= bar).sum())
