@@ -239,7 +239,7 @@ def test_cli_dgn_am_without_a_trained_generator_says_how_to_train_one(tmp_path, 
     cmd = [sys.executable, "-m", "diversevis", "dgn-am", "--model", "cell:simple", "--layer", "response",
            "--unit", "0", "--generator", "default", "--out", str(tmp_path / "x"), "--quiet"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode in (1, 2)
+    assert done.returncode == 1  # the machine lacks the trained file; the request itself is fine
     assert "train-generator" in done.stderr and "Traceback" not in done.stderr
 
 

@@ -13,7 +13,7 @@ import torch
 
 from diversevis.core import cache as _cache
 from diversevis.core.cache import atomic_save_torch
-from diversevis.core.errors import DiversevisError, did_you_mean
+from diversevis.core.errors import DiversevisError, EnvironmentProblem, did_you_mean
 from diversevis.methods.generator.config import PRESETS, GeneratorConfig, _resolve_config
 from diversevis.methods.generator.network import ImageGenerator
 from diversevis.methods.generator.training import _resolve_device, train_generator
@@ -162,8 +162,8 @@ def load_generator(
         elif train:
             gen = train_generator(name_or_path, images=images, device=dev, progress=progress, log=log)
             save_generator(gen, path)
-        else:
-            raise DiversevisError(
+        else:  # the machine lacks the file, the request is fine: an environment problem (CLI exit 1)
+            raise EnvironmentProblem(
                 f"generator {name_or_path!r} is not trained yet (no {str(path)!r}); train it once with "
                 f"`diversevis train-generator --preset {name_or_path}` or load_generator({name_or_path!r}, train=True)"
             )
