@@ -105,3 +105,46 @@ def json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def weights_only_plain(obj: Any) -> Any:
+    """``obj`` as types ``torch.load(weights_only=True)`` accepts: dict, list, str, int, float, bool, None
+    (tuples become lists, other objects their text, e.g. ``torch.__version__``, a str subclass)."""
+    from collections.abc import Mapping
+
+    if isinstance(obj, Mapping):
+        return {str(k): weights_only_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [weights_only_plain(v) for v in obj]
+    if obj is None or type(obj) in (bool, int, float, str):
+        return obj
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    return str(obj)
+
+
+def read_torch_record(path: str | os.PathLike, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """A dict saved with :func:`atomic_save_torch`, read with ``weights_only=True``, whose ``format`` is
+    ``fmt`` and ``version`` is ``version`` (a :class:`DiversevisError` naming the file otherwise).
+
+    ``what`` names the kind of file in the messages (``"prior"``, ``"generator"``).
+    """
+    import torch
+
+    from diversevis.core.errors import DiversevisError
+
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DiversevisError(f"cannot read {what} file {str(path)!r}: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise DiversevisError(f"{str(path)!r} is not a diversevis {what} file")
+    if record.get("version") != version:
+        raise DiversevisError(
+            f"{what} file {str(path)!r} has format version {record.get('version')}, expected {version}"
+        )
+    return record

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 from diversevis.images.prior.cache import _FORMAT as _FORMAT
 from diversevis.images.prior.cache import _FORMAT_VERSION as _FORMAT_VERSION
-from diversevis.images.prior.cache import _plain as _plain
 from diversevis.images.prior.cache import _read_prior as _read_prior
 from diversevis.images.prior.cache import load_prior, prior_cache_path, save_prior
 from diversevis.images.prior.config import PRESETS, PriorConfig

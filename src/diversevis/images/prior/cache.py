@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from diversevis.core.cache import atomic_save_torch, cache_dir
+from diversevis.core.cache import atomic_save_torch, cache_dir, read_torch_record, weights_only_plain
 from diversevis.core.errors import DiversevisError, did_you_mean
 from diversevis.images.prior.config import PRESETS, PriorConfig, _resolve_config
 from diversevis.images.prior.network import PixelCNNPrior
@@ -50,24 +48,6 @@ def prior_cache_path(name: str = "default", config: PriorConfig | None = None) -
     return cache_dir() / "prior" / f"{name}-{digest}.pt"
 
 
-def _plain(obj: Any) -> Any:
-    """Convert metrics to types ``torch.load(weights_only=True)`` accepts (dict, list, str, int, float, None)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or type(obj) in (bool, int, float, str):
-        return obj
-    if isinstance(obj, bool):
-        return bool(obj)
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return float(obj)
-    # anything else as text, e.g. torch.__version__ (a str subclass that weights_only=True rejects)
-    return str(obj)
-
-
 def save_prior(prior: PixelCNNPrior, path: str | os.PathLike) -> Path:
     """Save weights, config and metrics atomically to a file readable with ``torch.load(weights_only=True)``.
 
@@ -88,23 +68,14 @@ def save_prior(prior: PixelCNNPrior, path: str | os.PathLike) -> Path:
         "format": _FORMAT,
         "version": _FORMAT_VERSION,
         "config": prior.config.to_dict(),
-        "metrics": _plain(prior.metrics),
+        "metrics": weights_only_plain(prior.metrics),
         "state_dict": state,
     }
     return atomic_save_torch(path, record)
 
 
 def _read_prior(path: Path, device: torch.device) -> PixelCNNPrior:
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DiversevisError(f"cannot read prior file {str(path)!r}: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != _FORMAT:
-        raise DiversevisError(f"{str(path)!r} is not a diversevis prior file")
-    if record.get("version") != _FORMAT_VERSION:
-        raise DiversevisError(
-            f"prior file {str(path)!r} has format version {record.get('version')}, expected {_FORMAT_VERSION}"
-        )
+    record = read_torch_record(path, _FORMAT, _FORMAT_VERSION, "prior")
     prior = PixelCNNPrior(PriorConfig.from_dict(record["config"]))
     prior.load_state_dict(record["state_dict"])
     prior.metrics = dict(record.get("metrics") or {})

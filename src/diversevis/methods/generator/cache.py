@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diversevis.core import cache as _cache
-from diversevis.core.cache import atomic_save_torch
+from diversevis.core.cache import atomic_save_torch, read_torch_record, weights_only_plain
 from diversevis.core.errors import DiversevisError, EnvironmentProblem, did_you_mean
 from diversevis.methods.generator.config import PRESETS, GeneratorConfig, _resolve_config
 from diversevis.methods.generator.network import ImageGenerator
@@ -60,21 +60,6 @@ def generator_cache_path(
     return _generator_dir() / f"{name}-{digest}.pt"
 
 
-def _plain(obj: Any) -> Any:
-    """Metrics as types ``torch.load(weights_only=True)`` accepts (dict, list, str, int, float, bool, None)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or type(obj) in (bool, int, float, str):
-        return obj
-    if isinstance(obj, float):
-        return float(obj)
-    if isinstance(obj, int):
-        return int(obj)
-    return str(obj)  # e.g. torch.__version__, a str subclass weights_only rejects
-
-
 def save_generator(gen: ImageGenerator, path: str | os.PathLike) -> Path:
     """Save weights, buffers, config, code shape and metrics atomically (readable with ``torch.load(weights_only=True)``).
 
@@ -95,23 +80,14 @@ def save_generator(gen: ImageGenerator, path: str | os.PathLike) -> Path:
         "version": _FORMAT_VERSION,
         "config": gen.config.to_dict(),
         "code_shape": list(gen.code_shape),
-        "metrics": _plain(gen.metrics),
+        "metrics": weights_only_plain(gen.metrics),
         "state_dict": {k: v.detach().cpu().clone() for k, v in gen.state_dict().items()},
     }
     return atomic_save_torch(path, record)
 
 
 def _read_generator(path: Path, device: torch.device) -> ImageGenerator:
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DiversevisError(f"cannot read generator file {str(path)!r}: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != _FORMAT:
-        raise DiversevisError(f"{str(path)!r} is not a diversevis generator file")
-    if record.get("version") != _FORMAT_VERSION:
-        raise DiversevisError(
-            f"generator file {str(path)!r} has format version {record.get('version')}, expected {_FORMAT_VERSION}"
-        )
+    record = read_torch_record(path, _FORMAT, _FORMAT_VERSION, "generator")
     gen = ImageGenerator(GeneratorConfig.from_dict(record["config"]), tuple(record["code_shape"]))
     gen.load_state_dict(record["state_dict"])
     gen.metrics = dict(record.get("metrics") or {})
