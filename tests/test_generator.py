@@ -58,6 +58,21 @@ def test_it_reconstructs_held_out_patches_better_than_the_mean_patch(tiny):
     psnr, err = scores["psnr"], scores["feature_error"]
     assert psnr["generator"] > psnr["mean_patch"] + 2.0  # measured: 17.6 vs 12.6 dB
     assert err["generator"] < err["mean_patch"]
+    sharp = scores["sharpness"]
+    assert sharp["blur"] < 1.0 and sharp["mean_colour"] == 0.0  # the baselines are blurrier than the patch
+
+
+def test_gradient_energy_scales_with_contrast_squared_and_ignores_flat_patches_and_checkerboards():
+    from diversevis.methods.generator.training import gradient_energy
+
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    mean = x.mean((2, 3), keepdim=True)
+    torch.testing.assert_close(gradient_energy(mean + 0.5 * (x - mean)), 0.25 * gradient_energy(x))
+    assert torch.all(gradient_energy(mean.expand_as(x)) == 0)
+    i = torch.arange(16)
+    checkerboard = ((i[:, None] + i[None, :]) % 2).float().expand(3, 3, 16, 16)  # transposed-conv artefact
+    torch.testing.assert_close(gradient_energy(mean + 0.2 * checkerboard), torch.zeros(3))
+    assert torch.all(gradient_energy(x) > 0)
 
 
 def test_images_are_in_display_range_and_differentiable_in_the_code(tiny, held_out):

@@ -116,10 +116,12 @@ def _write_out(out: Path, gen, net, args, cfg, seconds: float, cached: Path, eva
             "device": str(gen.code_scale.device), "seconds_total": seconds, "cache": str(cached)}  # fmt: skip
     atomic_write_json(out / "metrics.json", {"spec": spec, "training": metrics, "history": gen.metrics.get("history"),
                                              "evaluation": scores})  # fmt: skip
-    psnr, err = scores["psnr"], scores["feature_error"]
-    print(f"held-out patches ({scores['n']}): PSNR dB / relative code error")
+    psnr, err, sharp = scores["psnr"], scores["feature_error"], scores["sharpness"]
+    print(
+        f"held-out patches ({scores['n']}): PSNR dB / relative code error / sharpness (1 = as sharp as the patch)"
+    )
     for key in ("generator", "mean_patch", "mean_colour", "blur"):
-        print(f"  {key:12s} {psnr[key]:6.2f}  {err[key]:.3f}")
+        print(f"  {key:12s} {psnr[key]:6.2f}  {err[key]:.3f}  {sharp[key]:.3f}")
     print(f"  wrote {out}/ (generator.pt, reconstructions.png, metrics.json)")
 
 

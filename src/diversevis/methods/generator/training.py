@@ -362,6 +362,18 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10((a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10))
 
 
+def gradient_energy(x: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` mean squared finite difference (horizontal plus vertical) of images ``(N, C, H, W)``, taken
+    at half resolution (2x2 means), so the period-2 checkerboard of transposed convolutions, which is not
+    detail, averages out. The evaluation's sharpness is the ratio of this energy for reconstructions to that
+    of the patches: blurry reconstructions score well below 1 even when their PSNR is good; an adversarial
+    loss is meant to raise it, so it is the score that says whether the discriminator helps."""
+    x = F.avg_pool2d(x, 2)
+    dx = (x[..., :, 1:] - x[..., :, :-1]).pow(2).flatten(1).mean(1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).pow(2).flatten(1).mean(1)
+    return dx + dy
+
+
 def _rel_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(N,)`` ``||a - b|| / ||b||`` per sample."""
     return (a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -382,7 +394,9 @@ def evaluate_generator(
 
     Each patch ``x`` is encoded, ``h = E(x)``, and reconstructed, ``G(h)``. Scores (means over patches):
     PSNR in dB (peak 1, per patch) and the relative code error ``||E(y) - E(x)|| / ||E(x)||`` of a
-    reconstruction ``y``. Baselines: ``mean_patch``, the mean of 1024 training patches (one image for all);
+    reconstruction ``y``, and the sharpness, the gradient energy of the reconstructions over that of the
+    patches (:func:`gradient_energy`, half resolution; a ratio of means over patches, so flat patches do not
+    dominate; 1 as sharp as the patches). Baselines: ``mean_patch``, the mean of 1024 training patches (one image for all);
     ``mean_colour``, every patch replaced by its own mean colour (a flat
     patch; it knows each patch's mean, which the generator must infer from the code), and ``blur``, the patch
     blurred by a Gaussian of ``blur_sigma`` px (reflect padding).
@@ -409,7 +423,7 @@ def evaluate_generator(
     -------
     dict
         ``{"n", "seed", "size", "blur_sigma", "baselines", "psnr": {"generator", "mean_patch", "mean_colour", "blur"},
-        "feature_error": {...same keys...}}``.
+        "feature_error": {...same keys...}, "sharpness": {...same keys...}}``.
     """
     cfg = gen.config
     dev = gen.code_scale.device
@@ -417,7 +431,7 @@ def evaluate_generator(
     seed = _eval_seed(cfg.seed) if seed is None else seed
     x_all = held_out_patches(cfg, n, seed, images)
     mean_patch = _patches(cfg, 1024, cfg.seed * _STREAM, images).mean(0, keepdim=True).to(dev)
-    scores: dict[str, dict[str, list[torch.Tensor]]] = {"psnr": {}, "feature_error": {}}
+    scores: dict[str, dict[str, list[torch.Tensor]]] = {"psnr": {}, "feature_error": {}, "sharpness": {}}
     for i in range(0, n, batch_size):
         x = x_all[i : i + batch_size].to(dev)
         h = gen.encode(net, x)
@@ -430,6 +444,8 @@ def evaluate_generator(
         for name, y in candidates.items():
             scores["psnr"].setdefault(name, []).append(_psnr(y, x).cpu())
             scores["feature_error"].setdefault(name, []).append(_rel_error(gen.encode(net, y), h).cpu())
+            scores["sharpness"].setdefault(name, []).append(gradient_energy(y).cpu())
+        scores["sharpness"].setdefault("patch", []).append(gradient_energy(x).cpu())
     out: dict[str, Any] = {"n": n, "seed": seed, "size": cfg.size, "blur_sigma": blur_sigma}
     out["baselines"] = {
         "mean_patch": "the mean of 1024 training patches (the patches of training step 0's seed)",
@@ -438,4 +454,6 @@ def evaluate_generator(
     }
     for metric, per in scores.items():
         out[metric] = {name: float(torch.cat(v).mean()) for name, v in per.items()}
+    patch_energy = out["sharpness"].pop("patch")
+    out["sharpness"] = {name: e / max(patch_energy, 1e-12) for name, e in out["sharpness"].items()}
     return out
