@@ -44,7 +44,9 @@ What differs from the originals
   images 64 x 64 px, not 256 px (cropped to 227).
 * Training data: a few thousand random crops of ~16 bundled photographs (several scales), not ImageNet;
   the held-out patches are other crops of the *same* photographs.
-* Training length: minutes on a CPU, not days on GPUs; the discriminator is off by default.
+* Training length: minutes on a CPU, not days on GPUs; the discriminator is off by default: measured on
+  the default preset, weight 0.01 makes reconstructions sharper (gradient energy 0.21 vs 0.12 of the
+  patches') but worse (18.3 vs 20.3 dB PSNR, code error 0.97 vs 0.82) and lowers DGN-AM's reach.
 * The PPGN DAE of the original is a fully connected network on fc6; ours is convolutional on the pool4 map.
 """
 
