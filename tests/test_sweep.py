@@ -35,6 +35,23 @@ def test_unit_specs():
             parse_units(bad, 64)
 
 
+def test_a_sample_as_large_as_a_narrow_layer_takes_all_its_units_in_a_sweep(tmp_path):
+    """``sample:3`` across a 2-unit and a 4-unit layer: the narrow layer gives both units, the wide one 3."""
+    assert parse_units("sample:3", 2, sample_at_most=True) == [0, 1]
+    assert parse_units("sample:3", 4, sample_at_most=True) == parse_units("sample:3", 4)
+    with pytest.raises(dv.DiversevisError, match="sample"):
+        parse_units("sample:3", 2)  # one layer, one request: still a clear error
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.ReLU(), torch.nn.Conv2d(2, 4, 3))
+    net = dv.Network(model, name="two-widths", input_size=5)
+    store = sweep(net, ["0", "2"], "sample:3", out=tmp_path / "s", n_images=2, tests=("dfv",), max_iter=20,
+                  mei_restarts=1, progress=False)  # fmt: skip
+    done = sorted((r["layer"], r["unit"]) for r in store.rows())
+    store.close()
+    assert [u for layer, u in done if layer == "0"] == [0, 1]
+    assert len([u for layer, u in done if layer == "2"]) == 3
+
+
 def test_auto_distance_layer_is_the_previous_blocks_last_conv(vgg16_paper):
     assert auto_distance_layer(vgg16_paper, "conv3_1") == "conv2_2"
     assert auto_distance_layer(vgg16_paper, "conv2_1") == "conv1_2"

@@ -12,7 +12,9 @@ from diversevis.core.errors import DiversevisError
 __all__ = ["parse_units"]
 
 
-def parse_units(spec: str | Sequence[int], channels: int, seed: int = 0) -> list[int]:
+def parse_units(
+    spec: str | Sequence[int], channels: int, seed: int = 0, *, sample_at_most: bool = False
+) -> list[int]:
     """Units from a spec: ``all``, ``0-63``, ``1,5,9`` (ranges allowed inside), or ``sample:32``.
 
     Parameters
@@ -21,6 +23,16 @@ def parse_units(spec: str | Sequence[int], channels: int, seed: int = 0) -> list
         The spec; a sample is drawn without replacement with ``seed`` and sorted.
     channels : int
         Number of units in the layer (valid indices ``0 .. channels - 1``).
+    seed : int
+        Seed of the sample.
+    sample_at_most : bool
+        ``sample:K`` of a layer with at most ``K`` units takes them all instead of failing (a sweep over
+        layers of different widths: ``sample:32`` of a 16-unit layer is its 16 units).
+
+    Returns
+    -------
+    list of int
+        Sorted distinct unit indices.
     """
     if not isinstance(spec, str):
         units = [int(u) for u in spec]
@@ -31,6 +43,8 @@ def parse_units(spec: str | Sequence[int], channels: int, seed: int = 0) -> list
         m = re.fullmatch(r"sample:(\d+)", s)
         if m:
             k = int(m.group(1))
+            if sample_at_most and k >= channels:
+                return list(range(channels))
             if not 1 <= k <= channels:
                 raise DiversevisError(f"sample:{k} needs 1 <= k <= {channels} (the layer's units)")
             rng = np.random.default_rng(seed)

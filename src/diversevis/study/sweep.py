@@ -126,7 +126,8 @@ def sweep(
     model : Network, nn.Module or str
     layers : sequence of str
     units : str or sequence of int
-        ``all``, ``0-63``, ``1,5,9`` or ``sample:32`` (see :func:`parse_units`), applied to every layer.
+        ``all``, ``0-63``, ``1,5,9`` or ``sample:32`` (see :func:`parse_units`), applied to every layer;
+        ``sample:32`` of a layer with at most 32 units takes all of them.
     out : str or Path
         Store directory (created if new; resumed if it holds a sweep with the same settings).
     n_images, diversity : int, float
@@ -173,7 +174,7 @@ def sweep(
             f"give at least one layer name to sweep, got {layers!r} (CLI: --layers conv1_1,conv2_1)"
         )
     for layer in layers:  # every request checked before the store is touched (its settings are saved)
-        parse_units(units, net.channels(layer), seed)
+        parse_units(units, net.channels(layer), seed, sample_at_most=True)
     settings = SweepSettings.from_arguments({**locals(), "tests": tuple(tests)})
     store = _open_store(out, settings.stored(net.spec or net.name, getattr(net, "load_args", None)), force)
     if repair:
@@ -269,7 +270,7 @@ def _plan(
     """
     tasks: list[Task] = []
     for layer in layers:
-        wanted = parse_units(units, net.channels(layer), seed)
+        wanted = parse_units(units, net.channels(layer), seed, sample_at_most=True)
         name = net.display_name(layer)  # the store is keyed by the layer's display name
         if force:
             store.forget(name, wanted)
