@@ -108,9 +108,15 @@ def json_default(o: Any) -> Any:
 
 
 def weights_only_plain(obj: Any) -> Any:
-    """``obj`` as types ``torch.load(weights_only=True)`` accepts: dict, list, str, int, float, bool, None
-    (tuples become lists, other objects their text, e.g. ``torch.__version__``, a str subclass)."""
+    """``obj`` as types ``torch.load(weights_only=True)`` accepts: dict, list, str, int, float, bool, None.
+
+    Tuples become lists, numpy and other numeric scalars Python numbers, and any other object its text
+    (e.g. ``torch.__version__``, a str subclass).
+    """
+    import numbers
     from collections.abc import Mapping
+
+    import numpy as np
 
     if isinstance(obj, Mapping):
         return {str(k): weights_only_plain(v) for k, v in obj.items()}
@@ -118,11 +124,11 @@ def weights_only_plain(obj: Any) -> Any:
         return [weights_only_plain(v) for v in obj]
     if obj is None or type(obj) in (bool, int, float, str):
         return obj
-    if isinstance(obj, bool):
+    if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
-    if isinstance(obj, int):
+    if isinstance(obj, numbers.Integral):
         return int(obj)
-    if isinstance(obj, float):
+    if isinstance(obj, numbers.Real):
         return float(obj)
     return str(obj)
 
