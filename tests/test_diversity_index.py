@@ -108,3 +108,16 @@ def test_the_index_is_in_the_metrics_of_a_floor_set():
     res = dv.diverse(net, "response", 0, n_images=3, floor=0.85, norm=1.0, mei=1.0, max_iter=200)
     m = res.metrics()
     assert m["di"] == res.spec["diversity_index"]["di"] and "di_min" in m and "di_feature" not in m
+
+
+def test_the_cli_says_a_lambda_sets_index_is_not_comparable_and_a_floor_sets_is(tmp_path, capsys):
+    from diversevis.cli import main
+
+    base = ["diverse", "--model", "cell:complex", "--layer", "response", "--unit", "0", "--images", "3",
+            "--max-iter", "150", "--quiet"]  # fmt: skip
+    assert main([*base, "--diversity", "0.01", "--out", str(tmp_path / "lam")]) == 0
+    out = capsys.readouterr().out
+    assert "diversity index (0 simple, 1 complex" in out and "lambda mode" in out and "--floor 0.85" in out
+    assert main([*base, "--floor", "0.85", "--out", str(tmp_path / "floor")]) == 0
+    out = capsys.readouterr().out
+    assert "diversity index (0 simple, 1 complex" in out and "lambda mode" not in out

@@ -159,6 +159,12 @@ def _print_index(spec: dict) -> None:
     if di.get("di_feature") is not None:
         line += f", {spec.get('distance_layer')} {di['di_feature']:.2f}"
     print(line)
+    if spec.get("mode") != "floor":
+        print(
+            f"  (lambda mode: the reference cells are held at this set's own min ratio, {cal.get('floor', '?')}, "
+            "and made as diverse as they can be there; a lambda set is not, so its index can fall below 0. "
+            "--floor 0.85 gives an index comparable across units, layers and networks.)"
+        )
 
 
 def _print_floor(spec: dict) -> None:
