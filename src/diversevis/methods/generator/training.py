@@ -395,11 +395,11 @@ def evaluate_generator(
     Each patch ``x`` is encoded, ``h = E(x)``, and reconstructed, ``G(h)``. Scores (means over patches):
     PSNR in dB (peak 1, per patch) and the relative code error ``||E(y) - E(x)|| / ||E(x)||`` of a
     reconstruction ``y``, and the sharpness, the gradient energy of the reconstructions over that of the
-    patches (:func:`gradient_energy`, half resolution; a ratio of means over patches, so flat patches do not
-    dominate; 1 as sharp as the patches). Baselines: ``mean_patch``, the mean of 1024 training patches (one image for all);
-    ``mean_colour``, every patch replaced by its own mean colour (a flat
-    patch; it knows each patch's mean, which the generator must infer from the code), and ``blur``, the patch
-    blurred by a Gaussian of ``blur_sigma`` px (reflect padding).
+    patches (:func:`gradient_energy`, half resolution; a ratio of means over patches, so flat patches do
+    not dominate; 1 as sharp as the patches). Baselines: ``mean_patch``, the mean of 1024 training
+    patches (one image for all); ``mean_colour``, every patch replaced by its own mean colour (a flat
+    patch; it knows each patch's mean, which the generator must infer from the code), and ``blur``, the
+    patch blurred by a Gaussian of ``blur_sigma`` px (reflect padding).
 
     Parameters
     ----------
