@@ -162,6 +162,39 @@ def test_the_report_shows_the_diversity_index_and_phase_labels(report):
     assert "F1/F0 (phase modulation), units gratings drive" in index  # the histogram counts those only
 
 
+def test_the_layer_summary_counts_sets_whose_png_falls_below_the_floor(store, tmp_path, vgg16_paper):
+    """The PNG's activations are re-measured here (clip to [0, 1], 8 bit); then one set is made to fail."""
+    import json
+
+    import numpy as np
+    import torch
+
+    rows = {r["unit"]: r for r in Store(store).rows()}
+    below = {}
+    for u, row in rows.items():
+        x = torch.from_numpy(np.load(store / row["path"] / "diverse" / "images.npz")["images"]).float()
+        shown = (x.clamp(0, 1) * 255).round() / 255
+        with torch.no_grad():
+            a = vgg16_paper.activations(shown, ["conv1_1"])["conv1_1"][:, u, 0, 0]
+        below[u] = float(a.min()) / row["metrics"]["mei_activation"] < 0.85 - 0.005
+    index = write_report(store, tmp_path / "r1").read_text(encoding="utf-8")
+    assert (
+        f"saved PNG is below the floor (pixels clipped to [0, 1])</dt><dd>{sum(below.values())} of 4" in index
+    )
+    dst = _copy(store, tmp_path)
+    u = next(u for u, b in below.items() if not b)
+    result = dst / rows[u]["path"] / "diverse" / "result.json"
+    rec = json.loads(result.read_text())
+    rec["metrics"]["shown_activations"][2] = (
+        0.5 * rows[u]["metrics"]["mei_activation"]
+    )  # a PNG at half the MEI
+    result.write_text(json.dumps(rec))
+    out = write_report(dst, tmp_path / "r2")
+    assert f"{sum(below.values()) + 1} of 4 (median PNG min ratio" in out.read_text(encoding="utf-8")
+    page = (out.parent / f"unit-conv1_1-u{u}.html").read_text(encoding="utf-8")
+    assert "png_below_floor" in page and "png_min_ratio" in page
+
+
 def test_a_failed_unit_is_shown_with_its_reason_not_as_missing_files(store, tmp_path):
     src = _copy(store, tmp_path)
     reason = "non-finite loss at iteration 3 (a NaN weight in the model?)"

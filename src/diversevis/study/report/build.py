@@ -308,9 +308,31 @@ def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return metric_rows
 
 
+def _png_check(folder: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """The diverse set as its PNG shows it (clipped to [0, 1], 8-bit; recorded in ``diverse/result.json``
+    when the set was saved): ``png_min_ratio``, its lowest activation over the MEI's, and, in floor mode,
+    ``png_below_floor``. ``{}`` when not recorded. The floor is checked on the optimised images; this
+    says whether the pictures hold it too."""
+    from diversevis.methods.floor import FLOOR_TOLERANCE
+
+    mei = _num(row["metrics"].get("mei_activation"))
+    try:
+        shown = json.loads((folder / "diverse" / "result.json").read_text())["metrics"]["shown_activations"]
+        acts = [float(a) for a in shown]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if mei is None or mei <= 0 or not acts or not all(math.isfinite(a) for a in acts):
+        return {}
+    out: dict[str, Any] = {"png_min_ratio": min(acts) / mei}
+    floor = _num(((row.get("spec") or {}).get("diverse") or {}).get("floor"))
+    if floor is not None:
+        out["png_below_floor"] = out["png_min_ratio"] < floor - FLOOR_TOLERANCE
+    return out
+
+
 def _unit_view(row: dict[str, Any], store_root: Path, out: Path, href: str, layer_href: str) -> UnitView:
     images, missing = _unit_images(row, store_root / row["path"], out)
-    metrics = row["metrics"]
+    metrics = {**row["metrics"], **_png_check(store_root / row["path"], row)}
     cells: dict[str, Cell] = {}
     for col in COLUMNS:
         v = _num(metrics.get(col.key))
@@ -396,6 +418,7 @@ def _layer_summary(units: list[UnitView]) -> list[tuple[str, str]]:
         vals = [x for u in units if (x := _num(u.metrics.get(key))) is not None]
         if vals:
             out.append((f"median {labels[key]}", _fmt(float(np.median(vals)))))
+    out.extend(_display_check(units))
     kinds = [u.kind for u in units if u.kind]
     driven = [k for k in kinds if k in ("complex-like", "simple-like")]
     if kinds:
@@ -403,6 +426,19 @@ def _layer_summary(units: list[UnitView]) -> list[tuple[str, str]]:
         out.append(("complex-like (F1/F0 < 1), of units gratings drive", f"{n} of {len(driven)}"))
         out.append(("not driven by gratings", f"{len(kinds) - len(driven)} of {len(kinds)}"))
     return out
+
+
+def _display_check(units: list[UnitView]) -> list[tuple[str, str]]:
+    """Floor-mode sets whose saved PNG falls below the floor (display clipping), as a summary fact."""
+    import numpy as np
+
+    checked = [u.metrics for u in units if "png_below_floor" in u.metrics]
+    if not checked:
+        return []
+    below = sum(bool(m["png_below_floor"]) for m in checked)
+    median = float(np.median([m["png_min_ratio"] for m in checked]))
+    label = "sets whose saved PNG is below the floor (pixels clipped to [0, 1])"
+    return [(label, f"{below} of {len(checked)} (median PNG min ratio {_fmt(median, 3)})")]
 
 
 # ---------------------------------------------------------------------------------------------- Jinja
