@@ -9,6 +9,7 @@ import math
 import os
 import re
 import struct
+import textwrap
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -393,7 +394,7 @@ def _histogram_png(values: list[float], title: str, xlabel: str, threshold: floa
         xlabel = (
             f"{xlabel} (dashed: {threshold:g})\n{below} complex-like (< {threshold:g}), {above} simple-like"
         )
-    ax.set_title(f"{title} (n={v.size})", fontsize=9)
+    ax.set_title(textwrap.fill(f"{title} (n={v.size})", 48), fontsize=9)  # long titles wrap, not clip
     ax.set_xlabel(xlabel, fontsize=7.5)
     ax.set_ylabel("units", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -437,7 +438,7 @@ def _display_check(units: list[UnitView]) -> list[tuple[str, str]]:
         return []
     below = sum(bool(m["png_below_floor"]) for m in checked)
     median = float(np.median([m["png_min_ratio"] for m in checked]))
-    label = "sets whose saved PNG is below the floor (pixels clipped to [0, 1])"
+    label = "PNG below the floor (clipped to [0, 1])"
     return [(label, f"{below} of {len(checked)} (median PNG min ratio {_fmt(median, 3)})")]
 
 
