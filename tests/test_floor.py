@@ -84,6 +84,31 @@ def test_the_most_diverse_feasible_iterate_is_kept_not_the_last_one():
     assert found and torch.equal(images, first)
 
 
+def _run_worst_image(fc: FloorConstraint, worst_ratios) -> None:
+    """Feed two groups' steps: group 0's worst image follows ``worst_ratios``, group 1 stays feasible."""
+    x = torch.zeros(4, 1, 2, 2)
+    for r in worst_ratios:
+        a = torch.tensor([[float(r), 0.95], [0.95, 0.95]])
+        fc.loss(x, a, torch.tensor([1.0, 1.0]), torch.tensor([0, 1]))
+
+
+def test_a_set_whose_worst_image_stalls_below_the_floor_is_told_more_iterations_will_not_help():
+    fc = FloorConstraint(0.85, torch.tensor([1.0, 1.0]), 2, margin=0.0)
+    _run_worst_image(fc, [0.5 + 0.3 * min(t, 99) / 99 for t in range(400)])  # rises to 0.8 by step 100
+    why = fc.why_not_found(0)
+    assert "stalled" in why and "0.800" in why and "last rose at step" in why and "another seed" in why
+    assert fc.images(1)[1] and not fc.images(0)[1]
+    rep = floor_report(torch.tensor([0.8, 0.95]), 0.85, None, found=False, why=why)
+    assert rep["floor_failure"].endswith(why)
+
+
+def test_a_set_still_rising_at_the_last_step_is_told_to_raise_max_iter():
+    fc = FloorConstraint(0.85, torch.tensor([1.0, 1.0]), 2, margin=0.0)
+    _run_worst_image(fc, [0.5 + 0.3 * t / 399 for t in range(400)])  # still rising at step 400
+    why = fc.why_not_found(0)
+    assert "still rising at step 400" in why and "raise max_iter" in why and "stalled" not in why
+
+
 def test_floor_report_holds_within_the_tolerance_and_says_why_when_not():
     ok = floor_report(torch.tensor([0.85 - FLOOR_TOLERANCE / 2, 0.9]), 0.85, None, found=True)
     assert ok["floor_holds"] and "floor_failure" not in ok

@@ -44,6 +44,10 @@ __all__ = ["FloorConstraint", "floor_report", "floor_constraint", "floor_spec", 
 
 #: How far below the floor a reported image may be and the floor still count as held.
 FLOOR_TOLERANCE = 0.005
+#: A set's best min ratio must rise by more than this to count as still rising ...
+RISE_TOLERANCE = 0.002
+#: ... within the last quarter of the run, and at least this many steps, or it has stalled.
+STALL_STEPS = 50
 
 
 @dataclass
@@ -102,6 +106,9 @@ class FloorConstraint:
         self.d0 = torch.full((G,), math.nan, **kw)
         self.best_d = torch.full((G,), -math.inf, **kw)
         self.best_ratio = torch.full((G,), -math.inf, **kw)
+        self.steps = torch.zeros(G, dtype=torch.long, device=self.mei.device)
+        self.rose_at = torch.zeros(G, dtype=torch.long, device=self.mei.device)
+        self.rise_ref = torch.full((G,), -math.inf, **kw)  # the best min ratio at step rose_at
         if self.live is None:
             self.live = torch.ones(G, dtype=torch.bool, device=self.mei.device)
 
@@ -178,7 +185,27 @@ class FloorConstraint:
         better = ok & (d > self.best_d[groups])
         self.best_d[groups] = torch.where(better, d, self.best_d[groups])
         self.best_images[groups] = torch.where(better.view(-1, 1, 1, 1, 1), grouped, self.best_images[groups])
+        self.steps[groups] += 1
+        rose = r.min(1).values > self.rise_ref[groups] + RISE_TOLERANCE  # slow steady rises count too
+        self.rose_at[groups] = torch.where(rose, self.steps[groups], self.rose_at[groups])
+        self.rise_ref[groups] = torch.where(rose, r.min(1).values, self.rise_ref[groups])
         self.best_ratio[groups] = torch.maximum(self.best_ratio[groups], r.min(1).values)
+
+    def why_not_found(self, group: int) -> str:
+        """Why group ``group`` never had every image at the floor: its worst image was still rising at
+        the last step (more iterations may do), or it stalled (a weaker local maximum: they will not)."""
+        steps, rose_at = int(self.steps[group]), int(self.rose_at[group])
+        best = float(self.best_ratio[group])
+        if steps - rose_at >= max(STALL_STEPS, steps // 4):
+            return (
+                f"no iterate had every image at the floor, and the worst image stalled: the set's best min "
+                f"ratio, {best:.3f}, last rose at step {rose_at} of {steps} (an image stuck at a weaker local "
+                "maximum; more iterations will not help: try another seed or a lower floor)"
+            )
+        return (
+            f"no iterate had every image at the floor; the worst image was still rising at step {steps} "
+            "(raise max_iter or lower the floor)"
+        )
 
     def feasible(self, r: torch.Tensor) -> torch.Tensor:
         """``(B,)`` whether every image's ratio (``(B, N)``) is at the floor (and the mean at its floor)."""
@@ -195,19 +222,21 @@ class FloorConstraint:
 
 
 def floor_report(
-    ratios: torch.Tensor, floor: float, mean_floor: float | None, *, found: bool
+    ratios: torch.Tensor, floor: float, mean_floor: float | None, *, found: bool, why: str | None = None
 ) -> dict[str, object]:
     """Run-spec entries saying whether the floor holds for a set's reported ratios ``(N,)``.
 
     ``floor_holds`` is true when every ratio is ``>= floor - FLOOR_TOLERANCE`` (and the mean
-    ``>= mean_floor - FLOOR_TOLERANCE``); otherwise ``floor_failure`` says by how much and why.
+    ``>= mean_floor - FLOOR_TOLERANCE``); otherwise ``floor_failure`` says by how much and why
+    (``why``, e.g. :meth:`FloorConstraint.why_not_found`, replaces the generic reason when no feasible
+    iterate was ``found``).
     """
     rmin, rmean = float(ratios.min()), float(ratios.mean())
     holds = rmin >= floor - FLOOR_TOLERANCE and (mean_floor is None or rmean >= mean_floor - FLOOR_TOLERANCE)
     out: dict[str, object] = {"floor_holds": bool(holds), "floor_tolerance": FLOOR_TOLERANCE}
     if not holds:
         why = (
-            "no iterate had every image at the floor; raise max_iter or lower the floor"
+            (why or "no iterate had every image at the floor; raise max_iter or lower the floor")
             if not found
             else "the images measured again fell below the floor"
         )
@@ -239,12 +268,12 @@ def _drives(mei: float) -> bool:
 
 
 def floor_spec(
-    s: DiverseSettings, acts: torch.Tensor, mei: float, found: bool, layer: str, unit
+    s: DiverseSettings, acts: torch.Tensor, mei: float, found: bool, layer: str, unit, why: str | None = None
 ) -> dict[str, Any]:
     """Whether the floor holds for the reported set (activations ``(N,)``, its unit's MEI activation);
-    a loud warning when it does not."""
+    a loud warning when it does not (``why``: see :func:`floor_report`)."""
     if _drives(mei):
-        out = floor_report(acts / mei, s.floor, s.mean_floor, found=found)
+        out = floor_report(acts / mei, s.floor, s.mean_floor, found=found, why=why)
     else:
         out = {
             "floor_holds": False,
