@@ -156,7 +156,9 @@ def train_prior(
                 if step % 10 == 0 or last:
                     window = losses[-50:]
                     bar.set_postfix(
-                        train=f"{sum(window) / len(window):.3f}", val=f"{val_bpd:.3f}", refresh=False
+                        train=f"{sum(window) / len(window):.3f}",
+                        val="-" if math.isnan(val_bpd) else f"{val_bpd:.3f}",  # none measured yet
+                        refresh=last,  # the final line shows the final validation score
                     )
     finally:
         if bar is not None:
