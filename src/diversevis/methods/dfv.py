@@ -364,9 +364,7 @@ def run_diverse(
     spec = {**s.spec(mei_computed=mei is True), **starts_spec(redraws, redirected), **dead_images(acts)}
     spec.update(stop.spec)
     if floor is not None:
-        spec.update(
-            floor_spec(s, acts, mei_act, found, layer, unit, None if found else floor.why_not_found(0))
-        )
+        spec.update(floor_spec(s, acts, mei_act, found, layer, unit, floor.why_not_found(0)))
     ratios = acts / mei_act if mei_act is not None and mei_act > 0 else None
     spec.update(index_spec(prob, s, opt.images, feats, ratios, progress=progress))
     if mei_res is not None and mei_res.spec.get("dead_unit"):

@@ -237,9 +237,7 @@ def run_diverse_units(
             a, feats = prob.read(opt.images)
         extra = {**st, **dead_images(a[:, u]), "unit": u, "batched_units": len(units)}
         if floor is not None:
-            extra.update(
-                floor_spec(s, a[:, u], mei_act, found, layer, u, None if found else floor.why_not_found(g))
-            )
+            extra.update(floor_spec(s, a[:, u], mei_act, found, layer, u, floor.why_not_found(g)))
         ratios = a[:, u] / mei_act if mei_act is not None and mei_act > 0 else None
         extra.update(index_spec(prob, s, opt.images, feats, ratios, progress=progress))
         out.append(_diverse_result(prob, opt, a[:, u], feats, mei_res, mei_act, spec, **extra))

@@ -229,7 +229,7 @@ def floor_report(
     ``floor_holds`` is true when every ratio is ``>= floor - FLOOR_TOLERANCE`` (and the mean
     ``>= mean_floor - FLOOR_TOLERANCE``); otherwise ``floor_failure`` says by how much and why
     (``why``, e.g. :meth:`FloorConstraint.why_not_found`, replaces the generic reason when no feasible
-    iterate was ``found``).
+    iterate was ``found``; it is ignored otherwise).
     """
     rmin, rmean = float(ratios.min()), float(ratios.mean())
     holds = rmin >= floor - FLOOR_TOLERANCE and (mean_floor is None or rmean >= mean_floor - FLOOR_TOLERANCE)
