@@ -124,7 +124,7 @@ def weights_only_plain(obj: Any) -> Any:
         return [weights_only_plain(v) for v in obj]
     if obj is None or type(obj) in (bool, int, float, str):
         return obj
-    if isinstance(obj, (bool, np.bool_)):
+    if isinstance(obj, np.bool_):  # Python bools are handled above
         return bool(obj)
     if isinstance(obj, numbers.Integral):
         return int(obj)
