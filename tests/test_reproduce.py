@@ -178,3 +178,15 @@ def test_cli_overrides_are_validated_and_named_in_the_study(tmp_path, capsys, mo
     from diversevis.study.reproduce import _preset_name
 
     assert _preset_name(seen["preset"]) == "quick (units=8)"
+
+
+def test_computation_time_counts_units_that_earlier_resumed_invocations_computed():
+    from diversevis.study.reproduce.run import _compute_seconds
+
+    results = {
+        "ref": {"seconds": 60.0},  # a step finished in one go: its wall time
+        "vgg": {"rows": [], "seconds": 5.0, "compute_seconds": 7200.0},  # resumed: its units' own times
+        "base": {"rows": [], "seconds": 1.0, "compute_seconds": 300.0, "untimed_units": 3},
+        "eff_layers": ["stem"],
+    }
+    assert _compute_seconds(results) == (7560.0, 3)

@@ -84,9 +84,8 @@ def _reproduce(out, preset, seed, prior_beta, progress, log) -> Path:
         r["base"]["rows"], r["prior"],
     )  # fmt: skip
     total = time.perf_counter() - t_start
-    timed = ("ref", "cells", "trade", "vgg", "eff", "base", "prior")
-    compute = sum(float(r[k].get("seconds") or 0) for k in timed)
-    intro = _intro(name, p, seed, compute, total, sections)
+    compute, untimed = _compute_seconds(r)
+    intro = _intro(name, p, seed, compute, total, sections, untimed=untimed)
     return _write_report(out, intro, sections, name, seed)
 
 
@@ -122,6 +121,18 @@ def _run_steps(
     return r
 
 
+def _compute_seconds(results: dict[str, dict]) -> tuple[float, int]:
+    """Computation behind the study's steps (s), and how many reused units carry no time.
+
+    A step's own ``seconds`` is the wall time of the invocation that finished it; a resumed sweep or
+    baseline step also reuses units earlier invocations computed, so its ``compute_seconds`` (summed
+    over its units) counts instead where it has one.
+    """
+    steps = [v for v in results.values() if isinstance(v, dict)]  # (the matched layers are a list)
+    total = sum(float(s.get("compute_seconds", s.get("seconds")) or 0) for s in steps)
+    return total, sum(int(s.get("untimed_units", 0)) for s in steps)
+
+
 def _machine() -> str:
     """``torch 2.13.0, 2 CPU threads`` or ``torch 2.13.0, CUDA: NVIDIA H100``: where the study ran."""
     where = (
@@ -133,7 +144,7 @@ def _machine() -> str:
 
 
 def _intro(
-    name: str, p: Preset, seed: int, compute: float, total: float, sections: list[Section]
+    name: str, p: Preset, seed: int, compute: float, total: float, sections: list[Section], untimed: int = 0
 ) -> list[str]:
     """The report's opening paragraphs: what is reproduced with what, the preset, the time, the verdicts."""
     return [
@@ -144,10 +155,17 @@ def _intro(
         "(an ImageNet residual network) instead, so it compares shapes and directions, not digits.",
         f"Preset `{name}`: {p.units} units per layer, {p.baseline_units} units per layer in the baseline "
         f"comparison, shift-test stride {p.shift_stride}, seed {seed}. The steps took {compute / 60:.1f} min "
-        f"of computation in all ({_machine()}); this invocation {total / 60:.1f} min (it reuses finished steps).",
+        f"of computation in all ({_machine()}; sweeps and baselines summed over their units, whichever "
+        f"invocation computed them{_untimed(untimed)}); this invocation {total / 60:.1f} min (it reuses "
+        "finished steps and units).",
         *([] if name == "full" else [_not_full(p)]),
         "Verdicts: " + "; ".join(f"{s.title}: **{s.verdict}**" for s in sections if s.verdict) + ".",
     ]
+
+
+def _untimed(n: int) -> str:
+    """The caveat for baseline units reused from files written before units were timed."""
+    return f"; {n} baseline units reused from untimed files are not counted" if n else ""
 
 
 def _not_full(p: Preset) -> str:

@@ -162,7 +162,10 @@ def _sweep(out: Path, model: str, layers: Sequence[str], preset: Preset, seed: i
         "rows": [
             {"layer": r["layer"], "unit": r["unit"], "path": f"{SWEEPS}/{model}/{r['path']}", **r["metrics"]}
             for r in rows
-        ]
+        ],
+        # every unit's own time, whichever (resumed) invocation computed it: the step's wall time counts
+        # only this invocation's part
+        "compute_seconds": sum(float(r["seconds"] or 0) for r in rows),
     }
 
 
@@ -180,16 +183,19 @@ def _baselines(out: Path, preset: Preset, sweep_rows: list[dict], seed: int) -> 
             if unit_file.is_file():  # finished in an earlier (killed) run
                 rows.append(json.loads(unit_file.read_text())["summary"])
                 continue
+            t0 = time.perf_counter()
             cmp = compare_baselines(
                 net, layer, u, floor=FLOOR, distance_layer=dl, seed=seed, max_iter=preset.max_iter,
                 exemplar_candidates=preset.candidates, ppgn=_generator(preset),
             )  # fmt: skip
             d = cmp.save(out / "baselines" / f"{layer}_u{u}")
             summary = _baseline_summary(cmp, layer, u, str((d / "comparison.png").relative_to(out)))
+            summary["seconds"] = round(time.perf_counter() - t0, 1)
             saved = json.loads(unit_file.read_text()) if unit_file.is_file() else {}
             atomic_write_json(unit_file, {**saved, "summary": summary})
             rows.append(summary)
-    return {"rows": rows}
+    timed = [r["seconds"] for r in rows if r.get("seconds") is not None]
+    return {"rows": rows, "compute_seconds": sum(timed), "untimed_units": len(rows) - len(timed)}
 
 
 def _baseline_summary(cmp, layer: str, unit: int, figure: str) -> dict[str, Any]:
