@@ -25,9 +25,9 @@ import argparse
 import time
 
 import torch
+from bench_diverse import conv_flops, cpu_info, matmul_gflops, sync
 
 import diversevis as dv
-from bench_diverse import conv_flops, cpu_info, matmul_gflops, sync
 from diversevis.core.params import precondition
 from diversevis.core.precision import precision_context
 from diversevis.methods.problem import Problem

@@ -25,7 +25,7 @@ def test_a_flat_quantity_plateaus_and_a_rising_one_does_not():
 
 def test_noise_around_a_level_plateaus_once_averaged_over_half_windows():
     g = torch.Generator().manual_seed(0)
-    h = (1.0 + 0.01 * torch.randn(200, 3, 1, generator=g))
+    h = 1.0 + 0.01 * torch.randn(200, 3, 1, generator=g)
     assert plateaued(h, 100, rtol=0.005).all()
 
 

@@ -81,12 +81,23 @@ def test_fast_shift_test_reports_the_best_fully_evaluated_texture():
     def spy(info):
         seen.append(info.step)
 
-    res = dv.shift_test(net, "response", 0, norm=RHO, mei=1.0, crops_per_step=32, refresh=5, max_iter=60,
-                        patience=0, callbacks=[spy])
+    res = dv.shift_test(
+        net,
+        "response",
+        0,
+        norm=RHO,
+        mei=1.0,
+        crops_per_step=32,
+        refresh=5,
+        max_iter=60,
+        patience=0,
+        callbacks=[spy],
+    )
     assert res.spec["n_iter"] == 60 and res.spec["full_evaluations"] == 13  # steps 0, 5, ..., 55 and 59
     assert res.spec["best_step"] % 5 == 0 or res.spec["best_step"] == 59
-    again = dv.shift_test(net, "response", 0, norm=RHO, mei=1.0, crops_per_step=32, refresh=5, max_iter=60,
-                          patience=0)
+    again = dv.shift_test(
+        net, "response", 0, norm=RHO, mei=1.0, crops_per_step=32, refresh=5, max_iter=60, patience=0
+    )
     assert torch.equal(res.texture, again.texture)  # seeded draws: the same run twice
 
 

@@ -148,9 +148,7 @@ class ImplicitGenerator(nn.Module):
         h, w, _ = coords.shape
         b = z.shape[0]
         emb = periodic_embedding(z.to(coords.dtype), int(self.config["harmonics"]))
-        x = torch.cat(
-            [coords.expand(b, h, w, 2), emb[:, None, None, :].expand(b, h, w, emb.shape[1])], dim=3
-        )
+        x = torch.cat([coords.expand(b, h, w, 2), emb[:, None, None, :].expand(b, h, w, emb.shape[1])], dim=3)
         out = self.head(self.body(x)).permute(0, 3, 1, 2)  # (B, C, H, W)
         return 0.5 + fixed_norm(out, self.config["norm"])
 

@@ -80,7 +80,9 @@ class CropSampler:
         """Crop indices (the worst crops first, then the lattice's others) and their weights in the mean."""
         s = self.step
         i0, j0 = torch.randint(0, s, (2,), generator=self.generator).tolist()
-        lattice = (torch.arange(i0, self.m, s)[:, None] * self.m + torch.arange(j0, self.m, s)[None]).flatten()
+        lattice = (
+            torch.arange(i0, self.m, s)[:, None] * self.m + torch.arange(j0, self.m, s)[None]
+        ).flatten()
         lattice = lattice[~self.is_worst[lattice]]
         idx = torch.cat([self.worst, lattice])
         weights = torch.cat([torch.ones(self.k_worst), torch.full((len(lattice),), float(s * s))])

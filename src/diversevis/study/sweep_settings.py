@@ -127,5 +127,9 @@ class SweepSettings(Settings):
         fast optimiser (:class:`~diversevis.methods.settings.ShiftSettings` defaults) at the sweep's
         precision; the reported ratios come from a full fp32 evaluation of every crop."""
         return ShiftSettings(
-            contrast=self.contrast, stride=stride, seed=self.seed, images=self.images, precision=self.precision
+            contrast=self.contrast,
+            stride=stride,
+            seed=self.seed,
+            images=self.images,
+            precision=self.precision,
         )
