@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -194,3 +195,23 @@ def test_cli_floor_mode_says_the_floor_holds(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "floor 0.85, mean floor 0.87: holds for every image" in out
+
+
+def test_with_display_range_the_png_holds_the_floor_that_the_unclipped_set_loses(tmp_path):
+    net = cell_network("complex", size=12)  # at norm 6 the images need pixels outside [0, 1]
+    kw = dict(n_images=4, floor=0.85, norm=6.0, calibrate=False, max_iter=400)
+    free = dv.diverse(net, "response", 0, **kw)
+    shown = free.shown_activations / free.mei_activation
+    assert free.spec["floor_holds"] and shown.min() < 0.75  # the optimised set holds, its picture not
+    kept = dv.diverse(net, "response", 0, display_range=True, **kw)
+    shown = kept.shown_activations / kept.mei_activation
+    assert kept.spec["floor_holds"] and kept.spec["display_range"] is True
+    assert kept.images.min() >= 0 and kept.images.max() <= 1 and kept.metrics()["clipped_fraction"] == 0
+    assert kept.mei_image.min() >= 0 and kept.mei_image.max() <= 1  # the MEI it is held to: clipped too
+    assert shown.min() >= 0.85 - FLOOR_TOLERANCE
+    argv = ["diverse", "-m", "cell:complex", "-l", "response", "-u", "0", "--images", "3", "--norm", "6",
+            "--floor", "0.85", "--display-range", "--max-iter", "300", "--mei-restarts", "1", "--quiet",
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 0
+    spec = json.loads((tmp_path / "r" / "result.json").read_text())["spec"]
+    assert spec["display_range"] is True

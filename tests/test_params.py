@@ -83,3 +83,17 @@ def test_preconditioner_matches_the_full_complex_fft_formula_for_odd_sizes():
         precondition(x).backward(g)
         ref = torch.fft.ifft2(torch.fft.fft2(g) * preconditioner_weights(h, w, dtype=torch.float64)).real
         assert torch.allclose(x.grad, ref, atol=1e-12)
+
+
+def test_display_range_clips_after_the_norm_step_with_a_straight_through_gradient():
+    g = torch.Generator().manual_seed(0)
+    free = PixelImage(2, 1, 8, norm=8.0, generator=g)  # a norm large enough to leave [0, 1]
+    clipped = PixelImage(2, 1, 8, norm=8.0, clip=True)
+    clipped.raw.data.copy_(free.raw.data)
+    x, y = free(), clipped()
+    assert x.min() < 0 and x.max() > 1  # unclipped, the images leave the display range
+    assert y.min() == 0 and y.max() == 1 and torch.equal(y, x.clamp(0, 1))
+    for p in (free, clipped):  # the clip passes the gradient through: the same step either way
+        p.raw.grad = None
+        (p() * torch.arange(128.0).view(2, 1, 8, 8)).sum().backward()
+    assert torch.allclose(clipped.raw.grad, free.raw.grad)

@@ -42,6 +42,7 @@ __all__ = [
     "add_out_args",
     "add_optim_args",
     "add_precision_arg",
+    "add_display_range_arg",
     "direction",
     "out_dir",
     "load",
@@ -190,17 +191,18 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_contrast_args(p: argparse.ArgumentParser) -> None:
-    """Add ``--contrast`` and ``--norm`` (the image's fixed L2 norm) to ``p``."""
+def add_contrast_args(p: argparse.ArgumentParser, norm: bool = True) -> None:
+    """Add ``--contrast`` and (``norm``) ``--norm`` (the image's fixed L2 norm) to ``p``."""
     p.add_argument(
         "--contrast",
         type=positive_float,
         default=0.5,
         help="image L2 norm as a fraction of the mean natural-patch norm (default: 0.5, as the paper)",
     )
-    p.add_argument(
-        "--norm", type=positive_float, default=None, help="absolute image L2 norm (overrides --contrast)"
-    )
+    if norm:
+        p.add_argument(
+            "--norm", type=positive_float, default=None, help="absolute image L2 norm (overrides --contrast)"
+        )
 
 
 def add_out_args(p: argparse.ArgumentParser) -> None:
@@ -273,6 +275,16 @@ def add_stop_args(p: argparse.ArgumentParser, diversity: bool = True) -> None:
             help="plateau rule: largest relative drift of the diversity per window "
             "(mode's default: 0.02, 0.005 in floor mode)",
         )
+
+
+def add_display_range_arg(p: argparse.ArgumentParser) -> None:
+    """Add ``--display-range`` (optimise images clipped to [0, 1], as their PNG shows them) to ``p``."""
+    p.add_argument(
+        "--display-range",
+        action="store_true",
+        help="keep the images in [0, 1] while optimising (clipped after the norm step), so the activations, "
+        "ratios and floor hold for the saved PNG; by default images may leave [0, 1] and the PNG clips them",
+    )
 
 
 def add_precision_arg(p: argparse.ArgumentParser) -> None:

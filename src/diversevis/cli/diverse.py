@@ -7,6 +7,7 @@ import sys
 
 from diversevis.cli.common import (
     add_crop_arg,
+    add_display_range_arg,
     add_floor_args,
     add_model_args,
     add_optim_args,
@@ -74,6 +75,7 @@ def add_diverse_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     add_floor_args(p)
     add_crop_arg(p, "images")
     add_optim_args(p)
+    add_display_range_arg(p)
     add_stop_args(p)
     add_precision_arg(p)
     return p
@@ -91,6 +93,7 @@ def add_mei_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=f"independent starts (default: {MEISettings.restarts})",
     )
     add_optim_args(p)
+    add_display_range_arg(p)
     add_stop_args(p, diversity=False)
     add_precision_arg(p)
     return p

@@ -107,6 +107,9 @@ class PixelImage(nn.Module):
         Apply the 1/sqrt(f) gradient whitening.
     generator : torch.Generator, optional
         Source of the N(0, 1) initialisation (for reproducibility).
+    clip : bool
+        Clip the images to the display range ``[0, 1]`` after the norm step (straight-through gradient),
+        so that the network sees what a saved PNG shows; the norm is then an upper bound.
 
     Calling the module returns the display-space images ``(n, channels, height, width)`` around grey 0.5.
     """
@@ -121,8 +124,10 @@ class PixelImage(nn.Module):
         precondition: bool = True,
         generator: torch.Generator | None = None,
         device=None,
+        clip: bool = False,
     ) -> None:
         super().__init__()
+        self.clip = clip
         raw = torch.randn(n, channels, *image_hw(size), generator=generator)
         self.raw = nn.Parameter(raw.to(device))
         self.register_buffer("norm", torch.as_tensor(norm, dtype=torch.float32, device=device))
@@ -132,7 +137,7 @@ class PixelImage(nn.Module):
         x = fixed_norm(self.raw, self.norm)
         if self.use_precondition:
             x = precondition(x)
-        return 0.5 + x
+        return straight_through_clamp(0.5 + x) if self.clip else 0.5 + x
 
 
 # ------------------------------------------------------------------------------------------------------

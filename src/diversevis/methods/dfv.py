@@ -62,6 +62,7 @@ def mei(
     contrast: float = MEISettings.contrast,
     norm: float | None = MEISettings.norm,
     precondition: bool = MEISettings.precondition,
+    display_range: bool = MEISettings.display_range,
     lr: float = MEISettings.lr,
     max_iter: int = MEISettings.max_iter,
     patience: int = MEISettings.patience,
@@ -123,6 +124,7 @@ def run_mei(
         precondition=s.precondition,
         generator=torch.Generator().manual_seed(s.seed),
         device=net.device,
+        clip=s.display_range,
     )
 
     def values(x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +169,7 @@ def diverse(
     contrast: float = DiverseSettings.contrast,
     norm: float | None = DiverseSettings.norm,
     precondition: bool = DiverseSettings.precondition,
+    display_range: bool = DiverseSettings.display_range,
     lr: float = DiverseSettings.lr,
     max_iter: int = DiverseSettings.max_iter,
     patience: int = DiverseSettings.patience,
@@ -220,6 +223,10 @@ def diverse(
         Absolute L2 norm (display units) overriding ``contrast``.
     precondition : bool
         Use the 1/sqrt(f) gradient preconditioner.
+    display_range : bool
+        Keep every image (and the MEI) in ``[0, 1]`` while optimising: clipped after the norm step with
+        a straight-through gradient, so the floor, the ratios and the diversity index hold for what the
+        saved PNG shows (default off: the images may leave ``[0, 1]`` and a PNG then clips them).
     lr, max_iter : float, int
         Adam learning rate and the most iterations (reference: 1.0, 1000).
     stop : {"plateau", "ema"}
@@ -339,6 +346,7 @@ def run_diverse(
         precondition=s.precondition,
         generator=torch.Generator().manual_seed(s.seed),
         device=net.device,
+        clip=s.display_range,
     )
     floor = floor_constraint(s, [mei_act], net.device)
     loss_fn = _diverse_loss(prob, s, prior_model, floor, mei_act)

@@ -93,6 +93,7 @@ def mei_units(
     contrast: float = MEISettings.contrast,
     norm: float | None = MEISettings.norm,
     precondition: bool = MEISettings.precondition,
+    display_range: bool = MEISettings.display_range,
     lr: float = MEISettings.lr,
     max_iter: int = MEISettings.max_iter,
     patience: int = MEISettings.patience,
@@ -156,6 +157,7 @@ def diverse_units(
     contrast: float = DiverseSettings.contrast,
     norm: float | None = DiverseSettings.norm,
     precondition: bool = DiverseSettings.precondition,
+    display_range: bool = DiverseSettings.display_range,
     lr: float = DiverseSettings.lr,
     max_iter: int = DiverseSettings.max_iter,
     patience: int = DiverseSettings.patience,
@@ -302,8 +304,9 @@ def _optimize_units(
     """
     net, G, size = prob.net, len(units), prob.placement.image_size
     param = PixelImage(
-        G * n, net.in_channels, size, prob.norm, precondition=s.precondition, device=net.device
-    )
+        G * n, net.in_channels, size, prob.norm, precondition=s.precondition, device=net.device,
+        clip=s.display_range,
+    )  # fmt: skip
     with torch.no_grad():
         param.raw.copy_(_seeded_images(G, n, net.in_channels, size, s.seed))
     unit_t = torch.tensor(units, device=net.device)

@@ -147,6 +147,8 @@ def _key(prob: Problem, s: DiverseSettings, floor: float) -> str:
         **s.plateau("floor"),
         "orientations": ORIENTATIONS,
     }
+    if s.display_range:  # (absent when off, so caches written before the option stay valid)
+        parts["display_range"] = True
     if prob.distance_layer is not None:  # the network itself: its features of a fixed probe
         probe = torch.rand(2, prob.net.in_channels, *image_hw(prob.placement.image_size),
                            generator=torch.Generator().manual_seed(0)).to(prob.net.device)  # fmt: skip
@@ -189,7 +191,10 @@ def _run_references(prob: Problem, s: DiverseSettings, floor: float, progress: b
     G = 2 * O  # groups 0..O-1: simple cells; O..2O-1: complex cells
     mei = torch.full((G,), rho, device=net.device)  # both cells: rho at norm rho
     fc = FloorConstraint(floor, mei, N, mean_floor=s.mean_floor)
-    param = PixelImage(G * N, net.in_channels, hw, prob.norm, precondition=s.precondition, device=net.device)
+    param = PixelImage(
+        G * N, net.in_channels, hw, prob.norm, precondition=s.precondition, device=net.device,
+        clip=s.display_range,
+    )  # fmt: skip
     with torch.no_grad():
         param.raw.copy_(_seeded_images(G, N, net.in_channels, hw, s.seed))
     need_feats = prob.distance_layer is not None

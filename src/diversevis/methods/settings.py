@@ -60,6 +60,8 @@ class MEISettings(Settings):
     the best restart's activation have drifted by at most ``plateau_rtol`` (relative) between the two
     halves of the last ``plateau_window`` steps (:data:`PLATEAU`); ``"ema"`` is the reference code's
     rule, ``patience`` steps without a new minimum of the loss's EMA with coefficient ``ema``.
+    ``display_range`` keeps the image in ``[0, 1]`` while optimising (clipped after the norm step,
+    straight-through gradient), so the activation is that of what the PNG shows.
     """
 
     contrast: float = 0.5
@@ -76,6 +78,7 @@ class MEISettings(Settings):
     plateau_window: int = PLATEAU["mei"][0]
     plateau_rtol: float = PLATEAU["mei"][1]
     precision: str = "fp32"
+    display_range: bool = False
 
     def check(self) -> None:
         check_fields(self, ints=[("restarts", 1)])
@@ -98,7 +101,9 @@ class DiverseSettings(Settings):
     ``prior_weight`` the weight beta of a natural-image prior; ``mei_restarts`` the restarts of the MEI
     computed for the ratios; ``crop`` sizes the images by the unit's ``nominal`` receptive field (or
     the whole input of a readout) or by its ``effective`` field (the box holding 95 % of the gradient
-    energy at the MEI; see :meth:`~diversevis.methods.problem.Problem.windowed`).
+    energy at the MEI; see :meth:`~diversevis.methods.problem.Problem.windowed`). ``display_range``
+    keeps every image (and the MEI) in ``[0, 1]`` while optimising, so the floor, the ratios and the
+    diversity index describe what the saved PNGs show.
 
     ``stop="plateau"`` (default) ends a set's run once its mean and min activation (relative to the
     MEI) and its diversity (relative to the start) have each drifted by at most ``plateau_rtol``
@@ -134,6 +139,7 @@ class DiverseSettings(Settings):
     floor: float | None = None
     mean_floor: float | None = None
     calibrate: bool = True
+    display_range: bool = False
 
     def check(self) -> None:
         check_fields(self, ints=[("n_images", 2, IMAGES_MAX)])  # a set: at least two images
