@@ -121,6 +121,8 @@ def test_sweep_stores_the_settings_stores_from_before_hold():
         "shift_stride": 1,
     }
     assert SweepSettings(precision="bf16").stored("m")["precision"] == "bf16"
+    assert "display_range" not in SweepSettings().stored("m")  # absent when off: old stores resume
+    assert SweepSettings(display_range=True).stored("m")["display_range"] is True
 
 
 def test_sweep_settings_give_each_test_the_sweeps_contrast_and_seed():

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -260,3 +261,19 @@ def test_a_unit_gratings_do_not_drive_gets_the_phase_test_on_its_own_mei(tmp_pat
     assert m["mei_f1_f0"] >= 0 and 0 <= m["mei_phase_modulation"] <= 1
     assert (tmp_path / "s" / row["path"] / "mei_phase" / "mei_phase.json").is_file()
     store.close()
+
+
+def test_a_display_range_sweep_keeps_every_units_mei_and_set_inside_zero_one(tmp_path):
+    out = tmp_path / "s"
+    args = ["sweep", "-m", "cell:complex", "--layers", "response", "--units", "0", "--images", "3",
+            "--contrast", "2", "--tests", "dfv", "--max-iter", "200", "--mei-restarts", "1", "--display-range",
+            "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    with Store(out) as store:
+        (row,) = store.rows()
+        assert store.get_meta("settings")["display_range"] is True
+    assert row["spec"]["mei"]["display_range"] is True and row["spec"]["diverse"]["display_range"] is True
+    images = np.load(out / row["path"] / "diverse" / "images.npz")["images"]
+    assert images.min() >= 0 and images.max() <= 1
+    # resuming without the flag is another setting: refused, not mixed into the store
+    assert main(args[:-4] + ["--quiet", "--out", str(out)]) == 2

@@ -9,6 +9,7 @@ import time
 from diversevis.cli.common import (
     EXIT_INTERRUPTED,
     add_contrast_args,
+    add_display_range_arg,
     add_model_args,
     add_precision_arg,
     floor_or_none,
@@ -75,10 +76,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=32,
         help="units per batched run: one chunk, one Ray task with --backend ray (default: 32)",
     )
-    add_contrast_args(p)
+    add_contrast_args(p, norm=False)  # a sweep sizes each layer's images by its contrast: no fixed norm
     p.add_argument("--max-iter", type=positive_int, default=1000, help="maximum iterations (default: 1000)")
     p.add_argument("--mei-restarts", type=positive_int, default=4, help="restarts of each MEI (default: 4)")
     add_precision_arg(p)
+    add_display_range_arg(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--force", action="store_true", help="recompute units that are already done")
     p.add_argument(

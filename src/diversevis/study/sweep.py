@@ -117,6 +117,7 @@ def sweep(
     ray_address: str | None = None,
     worker_threads: int = 1,
     precision: str = SweepSettings.precision,
+    display_range: bool = SweepSettings.display_range,
     repair: bool = False,
 ) -> Store:
     """Characterise many units of several layers; results go to a resumable :class:`Store`.
@@ -161,6 +162,9 @@ def sweep(
     precision : {"fp32", "tf32", "bf16"}
         Precision of the MEI and DFV forward passes (:mod:`diversevis.precision`); the phase and shift
         tests run in fp32.
+    display_range : bool
+        Optimise the MEIs and diverse sets inside ``[0, 1]`` (:func:`~diversevis.diverse`), so that the
+        stored ratios, floor and DI hold for the PNGs.
 
     Returns
     -------

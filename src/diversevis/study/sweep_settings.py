@@ -34,7 +34,8 @@ class SweepSettings(Settings):
     (default 0.85: floor mode, every image at >= 0.85 x the MEI; ``None``: lambda mode with weight
     ``diversity``) and ``mean_floor`` the DFV set, which also gets the calibrated diversity index; ``distance_layer`` ``"auto"`` (the previous block's last conv), a layer
     or ``None`` (pixels); ``shift_stride`` the shift test's crop step (capped per layer so that at least
-    two crops remain); the rest as :class:`~diversevis.methods.settings.DiverseSettings`.
+    two crops remain); ``display_range`` keeps the MEIs and sets in ``[0, 1]``; the rest as
+    :class:`~diversevis.methods.settings.DiverseSettings`.
     """
 
     tests: tuple[str, ...] = ("dfv", "phase")
@@ -50,6 +51,7 @@ class SweepSettings(Settings):
     shift_stride: int = 1
     images: str | Path | None = None
     precision: str = "fp32"
+    display_range: bool = False
 
     def check(self) -> None:
         unknown = [t for t in self.tests if t not in TESTS]
@@ -62,7 +64,7 @@ class SweepSettings(Settings):
         """The settings a sweep stores and a resumed sweep must match (``store.get_meta("settings")``).
 
         The tests and the natural-image folder are not part of it (a sweep may add a test later);
-        ``precision`` is absent for fp32, ``floor``/``mean_floor`` in lambda mode, and ``model_load_args`` (the normalisation, channels and input
+        ``precision`` is absent for fp32, ``display_range`` when off, ``floor``/``mean_floor`` in lambda mode, and ``model_load_args`` (the normalisation, channels and input
         size of a user's model spec) when empty, so that stores written before them still resume.
         """
         settings = {
@@ -80,6 +82,8 @@ class SweepSettings(Settings):
             settings["precision"] = self.precision
         if self.floor is not None:
             settings.update(floor=self.floor, mean_floor=self.mean_floor)
+        if self.display_range:
+            settings["display_range"] = True
         if load_args:
             settings["model_load_args"] = load_args
         return settings
@@ -93,6 +97,7 @@ class SweepSettings(Settings):
             seed=self.seed,
             images=self.images,
             precision=self.precision,
+            display_range=self.display_range,
         )
 
     def diverse_settings(self, distance_layer: str | None) -> DiverseSettings:
@@ -108,6 +113,7 @@ class SweepSettings(Settings):
             seed=self.seed,
             images=self.images,
             precision=self.precision,
+            display_range=self.display_range,
         )
 
     def retention_arguments(self) -> dict[str, Any]:
