@@ -188,7 +188,8 @@ def test_the_layer_summary_counts_sets_whose_png_falls_below_the_floor(store, tm
     )  # a PNG at half the MEI
     result.write_text(json.dumps(rec))
     out = write_report(dst, tmp_path / "r2")
-    assert f"{sum(below.values()) + 1} of 4 (median PNG min ratio" in out.read_text(encoding="utf-8")
+    text = out.read_text(encoding="utf-8")
+    assert f"{sum(below.values()) + 1} of 4 (median PNG min ratio" in text and "--display-range" in text
     page = (out.parent / f"unit-conv1_1-u{u}.html").read_text(encoding="utf-8")
     assert "png_below_floor" in page and "png_min_ratio" in page
 

@@ -439,7 +439,8 @@ def _display_check(units: list[UnitView]) -> list[tuple[str, str]]:
     below = sum(bool(m["png_below_floor"]) for m in checked)
     median = float(np.median([m["png_min_ratio"] for m in checked]))
     label = "PNG below the floor (clipped to [0, 1])"
-    return [(label, f"{below} of {len(checked)} (median PNG min ratio {_fmt(median, 3)})")]
+    fix = "; sweep with --display-range to optimise inside [0, 1]" if below else ""
+    return [(label, f"{below} of {len(checked)} (median PNG min ratio {_fmt(median, 3)}){fix}")]
 
 
 # ---------------------------------------------------------------------------------------------- Jinja
