@@ -121,3 +121,23 @@ def test_the_cli_says_a_lambda_sets_index_is_not_comparable_and_a_floor_sets_is(
     assert main([*base, "--floor", "0.85", "--out", str(tmp_path / "floor")]) == 0
     out = capsys.readouterr().out
     assert "diversity index (0 simple, 1 complex" in out and "lambda mode" not in out
+
+
+def test_the_clipped_optimum_of_a_linear_filter_has_its_closed_form():
+    from diversevis.methods.diversity_index import clipped_linear_optimum
+
+    g = torch.tensor([0.8, 0.6])
+    assert clipped_linear_optimum(g, 0.5) == pytest.approx(0.5)  # 0.5 g stays in range: the norm itself
+    # at norm 0.7 pixel 1 saturates at 0.5 and pixel 2 takes the rest: sqrt(0.7^2 - 0.5^2) = 0.4899
+    assert clipped_linear_optimum(g, 0.7) == pytest.approx(0.8 * 0.5 + 0.6 * math.sqrt(0.24), rel=1e-6)
+    assert clipped_linear_optimum(g, 5.0) == pytest.approx(0.5 * 1.4)  # every pixel saturated
+
+
+def test_with_display_range_a_di_whose_reference_cells_saturate_is_flagged_not_trusted():
+    net = cell_network("simple", size=12)
+    kw = dict(n_images=3, floor=0.85, display_range=True, max_iter=150, mei_restarts=1)
+    low = dv.diverse(net, "response", 0, norm=2.0, **kw)  # the references stay inside [0, 1]
+    assert "references_clipped" not in low.spec["di_calibration"]
+    with pytest.warns(UserWarning, match="not calibrated here"):
+        high = dv.diverse(net, "response", 0, norm=6.0, **kw)
+    assert high.spec["di_calibration"]["references_clipped"] is True

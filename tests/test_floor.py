@@ -209,7 +209,7 @@ def test_with_display_range_the_png_holds_the_floor_that_the_unclipped_set_loses
     assert kept.images.min() >= 0 and kept.images.max() <= 1 and kept.metrics()["clipped_fraction"] == 0
     assert kept.mei_image.min() >= 0 and kept.mei_image.max() <= 1  # the MEI it is held to: clipped too
     assert shown.min() >= 0.85 - FLOOR_TOLERANCE
-    argv = ["diverse", "-m", "cell:complex", "-l", "response", "-u", "0", "--images", "3", "--norm", "6",
+    argv = ["diverse", "-m", "cell:complex", "-l", "response", "-u", "0", "--images", "3", "--norm", "2",
             "--floor", "0.85", "--display-range", "--max-iter", "300", "--mei-restarts", "1", "--quiet",
             "--out", str(tmp_path / "r")]  # fmt: skip
     assert main(argv) == 0

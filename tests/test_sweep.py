@@ -266,7 +266,7 @@ def test_a_unit_gratings_do_not_drive_gets_the_phase_test_on_its_own_mei(tmp_pat
 def test_a_display_range_sweep_keeps_every_units_mei_and_set_inside_zero_one(tmp_path):
     out = tmp_path / "s"
     args = ["sweep", "-m", "cell:complex", "--layers", "response", "--units", "0", "--images", "3",
-            "--contrast", "2", "--tests", "dfv", "--max-iter", "200", "--mei-restarts", "1", "--display-range",
+            "--tests", "dfv", "--max-iter", "200", "--mei-restarts", "1", "--display-range",
             "--quiet", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     with Store(out) as store:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ from diversevis.methods.settings import DiverseSettings
 from diversevis.models.synthetic import gabor
 
 __all__ = ["Calibration", "calibrate", "set_distances", "calibrated_index", "calibration_floor", "index_spec"]
+__all__ += ["clipped_linear_optimum"]
 
 #: Orientations of the reference cells, in degrees.
 ORIENTATIONS = (0.0, 45.0, 90.0, 135.0)
@@ -133,6 +135,46 @@ def _reference_filters(hw: tuple[int, int], channels: int, device) -> tuple[torc
     return torch.stack(even).to(device), torch.stack(odd).to(device)
 
 
+def clipped_linear_optimum(g: torch.Tensor, norm: float, iters: int = 60) -> float:
+    """Largest response ``<z, g>`` of a unit-norm linear filter ``g`` over images ``0.5 + z`` inside
+    ``[0, 1]`` with ``||z|| <= norm``: the reference cells' MEI when images keep the display range.
+
+    The optimum is ``z = clip(t g, -0.5, 0.5)`` with the largest ``t`` whose ``||z||`` is at most
+    ``norm`` (found by bisection); it is ``norm`` itself when ``norm * g`` stays in range, and
+    ``0.5 * sum|g|`` when even the saturated image is shorter than ``norm``.
+
+    Parameters
+    ----------
+    g : torch.Tensor
+        The filter, any shape, ``||g|| = 1``.
+    norm : float
+        The images' L2 norm around grey (display units).
+    """
+    g = g.double().flatten()
+    length = lambda t: float(torch.clamp(t * g, -0.5, 0.5).norm())  # noqa: E731  (grows with t)
+    peak = float(g.abs().max())
+    if norm * peak <= 0.5:
+        return float(norm)  # nothing clips: the unconstrained optimum
+    lo, hi = norm, 0.5 / float(g.abs()[g.abs() > 0].min())  # at hi every pixel saturates
+    if length(hi) <= norm:
+        return float(0.5 * g.abs().sum())
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if length(mid) <= norm else (lo, mid)
+    return float((torch.clamp(lo * g, -0.5, 0.5) * g).sum())
+
+
+def _reference_meis(even: torch.Tensor, odd: torch.Tensor, rho: float, display_range: bool) -> torch.Tensor:
+    """``(2 O,)`` MEI activations of the simple then the complex reference cells: ``rho`` at norm
+    ``rho``, or their best inside ``[0, 1]`` (:func:`clipped_linear_optimum`; for a complex cell the
+    better of its two filters' optima, a lower bound on its energy optimum)."""
+    if not display_range:
+        return torch.full((2 * len(even),), rho, device=even.device)
+    simple = [clipped_linear_optimum(g, rho) for g in even]
+    complex_ = [max(a, clipped_linear_optimum(b, rho)) for a, b in zip(simple, odd)]
+    return torch.tensor(simple + complex_, device=even.device, dtype=torch.float32)
+
+
 def _key(prob: Problem, s: DiverseSettings, floor: float) -> str:
     """A digest of everything the references depend on (for the caches)."""
     parts: dict[str, Any] = {
@@ -189,7 +231,7 @@ def _run_references(prob: Problem, s: DiverseSettings, floor: float, progress: b
     even, odd = _reference_filters(hw, net.in_channels, net.device)
     O = len(ORIENTATIONS)
     G = 2 * O  # groups 0..O-1: simple cells; O..2O-1: complex cells
-    mei = torch.full((G,), rho, device=net.device)  # both cells: rho at norm rho
+    mei = _reference_meis(even, odd, rho, s.display_range)  # both cells: rho at norm rho, unclipped
     fc = FloorConstraint(floor, mei, N, mean_floor=s.mean_floor)
     param = PixelImage(
         G * N, net.in_channels, hw, prob.norm, precondition=s.precondition, device=net.device,
@@ -247,4 +289,20 @@ def index_spec(
         }
     cal = calibrate(prob, s, floor, progress=progress)
     dists = set_distances(images, feats if prob.distance_layer is not None else None)
-    return {"diversity_index": cal.index(dists), "di_calibration": {**cal.as_dict(), "set": dists}}
+    spec = {"diversity_index": cal.index(dists), "di_calibration": {**cal.as_dict(), "set": dists}}
+    peak = _reference_peak(prob) if s.display_range else 0.0
+    if peak > 0.5:
+        warnings.warn(
+            f"display_range: at norm {float(prob.norm):.3g} the DI's reference cells' best images leave "
+            f"[0, 1] (peak {peak:.2f} around grey > 0.5), so the index is not calibrated here (a simple "
+            "cell can score near 1); lower the contrast for a calibrated DI",
+            stacklevel=2,
+        )
+        spec["di_calibration"]["references_clipped"] = True
+    return spec
+
+
+def _reference_peak(prob: Problem) -> float:
+    """Largest pixel deviation from grey of the reference cells' unclipped optimal images (norm x filter)."""
+    even, odd = _reference_filters(image_hw(prob.placement.image_size), prob.net.in_channels, "cpu")
+    return float(prob.norm) * float(torch.cat([even, odd]).abs().max())
