@@ -231,7 +231,8 @@ def _run_references(prob: Problem, s: DiverseSettings, floor: float, progress: b
     even, odd = _reference_filters(hw, net.in_channels, net.device)
     O = len(ORIENTATIONS)
     G = 2 * O  # groups 0..O-1: simple cells; O..2O-1: complex cells
-    mei = _reference_meis(even, odd, rho, s.display_range)  # both cells: rho at norm rho, unclipped
+    # each cell's MEI: rho at norm rho; with display_range, its best image inside [0, 1]
+    mei = _reference_meis(even, odd, rho, s.display_range)
     fc = FloorConstraint(floor, mei, N, mean_floor=s.mean_floor)
     param = PixelImage(
         G * N, net.in_channels, hw, prob.norm, precondition=s.precondition, device=net.device,
